@@ -1,0 +1,378 @@
+//! `Handle` and `TimerHandle`: a scheduled callback, as asyncio's `call_soon` and
+//! `call_later` return it.
+//!
+//! A handle owns its callback, arguments and `contextvars.Context`; running it
+//! enters the context through the C API (no `Context.run` method call) and calls
+//! the callback with the arguments tuple.
+
+use crate::gil_cell::GilCell;
+use crate::stdlib;
+use pyo3::basic::CompareOp;
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+extern "C" {
+    // Part of CPython's C API since 3.7 (Include/cpython/context.h); not bound by pyo3-ffi.
+    fn PyContext_Enter(ctx: *mut ffi::PyObject) -> c_int;
+    fn PyContext_Exit(ctx: *mut ffi::PyObject) -> c_int;
+    // Bound methods (Include/cpython/classobject.h), likewise not bound by pyo3-ffi.
+    static mut PyMethod_Type: ffi::PyTypeObject;
+    fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
+/// `contextvars.copy_context()`, without the Python call.
+pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: we hold the GIL; PyContext_CopyCurrent returns a new reference or NULL with an error set.
+    unsafe {
+        let ctx = ffi::PyContext_CopyCurrent();
+        Bound::from_owned_ptr_or_err(py, ctx).map(Bound::unbind)
+    }
+}
+
+struct Callback {
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+}
+
+/// A callback scheduled with `call_soon` (and the base of `TimerHandle`).
+#[pyclass(frozen, subclass, module = "glassloop._core", name = "Handle")]
+pub struct Handle {
+    /// `None` once cancelled: asyncio drops the callback then, to break reference cycles.
+    callback: GilCell<Option<Callback>>,
+    context: Py<PyAny>,
+    cancelled: AtomicBool,
+    source_traceback: Option<Py<PyAny>>,
+}
+
+impl Handle {
+    /// `context=None` means a copy of the current context, as in asyncio.
+    pub fn new(
+        py: Python<'_>,
+        func: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        debug: bool,
+    ) -> PyResult<Self> {
+        let context = match context {
+            Some(ctx) if !ctx.is_none() => ctx.unbind(),
+            _ => copy_current_context(py)?,
+        };
+        let source_traceback = if debug {
+            Some(stdlib::extract_stack(py)?.call0()?.unbind())
+        } else {
+            None
+        };
+        Ok(Handle {
+            callback: GilCell::new(Some(Callback { func: func.unbind(), args: args.unbind() })),
+            context,
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+        })
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Marks the handle cancelled and drops its callback. Returns whether this call did it.
+    pub fn cancel_inner(&self, py: Python<'_>) -> bool {
+        if self.cancelled.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        let dropped = self.callback.with(py, Option::take);
+        drop(dropped); // outside the cell: the callback's __del__ may re-enter the loop
+        true
+    }
+
+    pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+    }
+
+    /// Runs the callback in the handle's context. The error, if any, is the callback's.
+    #[inline]
+    pub fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let Some((func, args)) = self
+            .callback
+            .with(py, |cb| cb.as_ref().map(|cb| (cb.func.clone_ref(py), cb.args.clone_ref(py))))
+        else {
+            return Ok(());
+        };
+        let ctx = self.context.as_ptr();
+        // SAFETY: GIL held; `ctx` is kept alive by `self`. Enter fails (TypeError or
+        // RuntimeError "already entered") without side effects, and is then reported
+        // like any callback error, as asyncio's `Context.run` would.
+        if unsafe { PyContext_Enter(ctx) } != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let result = func.bind(py).call1(args.bind(py)).map(drop);
+        // SAFETY: we entered `ctx` on this thread just above.
+        if unsafe { PyContext_Exit(ctx) } != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        result
+    }
+
+    /// The callback as a string, as asyncio formats it in reprs and error messages.
+    pub fn callback_source(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let cb = self
+            .callback
+            .with(py, |cb| cb.as_ref().map(|cb| (cb.func.clone_ref(py), cb.args.clone_ref(py))));
+        match cb {
+            None => Ok(None),
+            Some((func, args)) => {
+                let s = stdlib::format_callback_source(py)?.call1((func, args))?;
+                Ok(Some(s.extract()?))
+            }
+        }
+    }
+
+    fn repr_parts(&self, py: Python<'_>, class_name: &str) -> PyResult<Vec<String>> {
+        let mut info = vec![class_name.to_owned()];
+        if self.is_cancelled() {
+            info.push("cancelled".into());
+        }
+        if let Some(src) = self.callback_source(py)? {
+            info.push(src);
+        }
+        if let Some(tb) = &self.source_traceback {
+            let tb = tb.bind(py);
+            if let Ok(n) = tb.len() {
+                if n > 0 {
+                    let frame = tb.get_item(n - 1)?;
+                    let file: String = frame.get_item(0)?.str()?.extract()?;
+                    let line: String = frame.get_item(1)?.str()?.extract()?;
+                    info.push(format!("created at {file}:{line}"));
+                }
+            }
+        }
+        Ok(info)
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// Cancels the callback. Does nothing if it already ran or was cancelled.
+    fn cancel(&self, py: Python<'_>) {
+        self.cancel_inner(py);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.with(py, |cb| cb.as_ref().map(|cb| cb.func.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.callback.with(py, |cb| cb.as_ref().map(|cb| cb.args.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback(py)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let name = slf.get_type().name()?.to_string();
+        Ok(format!("<{}>", slf.get().repr_parts(slf.py(), &name)?.join(" ")))
+    }
+}
+
+/// A callback scheduled for a time (`call_later`, `call_at`).
+#[pyclass(frozen, extends = Handle, module = "glassloop._core", name = "TimerHandle")]
+pub struct TimerHandle {
+    when: f64,
+    /// True while the handle sits in the loop's timer heap.
+    scheduled: AtomicBool,
+    /// The heap's count of cancelled entries, so it can compact itself.
+    heap_cancelled: Arc<AtomicUsize>,
+}
+
+impl TimerHandle {
+    pub fn new_pair(handle: Handle, when: f64, heap_cancelled: Arc<AtomicUsize>) -> PyClassInitializer<Self> {
+        PyClassInitializer::from(handle).add_subclass(TimerHandle {
+            when,
+            scheduled: AtomicBool::new(true),
+            heap_cancelled,
+        })
+    }
+
+    #[inline]
+    pub fn when_secs(&self) -> f64 {
+        self.when
+    }
+
+    /// Called by the heap when it lets go of the handle.
+    #[inline]
+    pub fn unschedule(&self) {
+        self.scheduled.store(false, Ordering::Relaxed);
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    /// Cancels the timer; the loop's heap drops cancelled timers lazily (and in
+    /// bulk once they are the majority), so cancelling is O(1).
+    fn cancel(slf: &Bound<'_, Self>) {
+        let this = slf.get();
+        if slf.as_super().get().cancel_inner(slf.py()) && this.scheduled.load(Ordering::Relaxed) {
+            this.heap_cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The absolute time (`loop.time()` clock) the callback is scheduled for.
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    fn __hash__(&self) -> u64 {
+        // asyncio hashes timer handles by `when`: equal handles must hash equally.
+        self.when.to_bits()
+    }
+
+    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, other.get().when);
+        let result = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a < b || same_timer(slf, other)?,
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a > b || same_timer(slf, other)?,
+            CompareOp::Eq => same_timer(slf, other)?,
+            CompareOp::Ne => !same_timer(slf, other)?,
+        };
+        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        let name = slf.get_type().name()?.to_string();
+        let mut parts = slf.as_super().get().repr_parts(py, &name)?;
+        parts.insert(1, format!("when={}", pyo3::types::PyFloat::new(py, slf.get().when).repr()?));
+        Ok(format!("<{}>", parts.join(" ")))
+    }
+}
+
+/// asyncio's TimerHandle equality: same time, callback, arguments and state.
+fn same_timer(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResult<bool> {
+    if a.get().when != b.get().when {
+        return Ok(false);
+    }
+    let (ha, hb) = (a.as_super(), b.as_super());
+    if ha.get().is_cancelled() != hb.get().is_cancelled() {
+        return Ok(false);
+    }
+    let cb_a = Handle::_callback(ha.get(), a.py());
+    let cb_b = Handle::_callback(hb.get(), a.py());
+    let args_a = Handle::_args(ha.get(), a.py());
+    let args_b = Handle::_args(hb.get(), a.py());
+    let eq = |x: Option<Bound<'_, PyAny>>, y: Option<Bound<'_, PyAny>>| -> PyResult<bool> {
+        match (x, y) {
+            (None, None) => Ok(true),
+            (Some(x), Some(y)) => x.eq(y),
+            _ => Ok(false),
+        }
+    };
+    let py = a.py();
+    Ok(eq(cb_a.map(|c| c.into_bound(py)), cb_b.map(|c| c.into_bound(py)))?
+        && eq(args_a.map(|c| c.into_bound(py).into_any()), args_b.map(|c| c.into_bound(py).into_any()))?)
+}
+
+/// Rejects what asyncio rejects before scheduling a callback: coroutines and
+/// non-callables, with asyncio's messages.
+pub fn check_callback(py: Python<'_>, cb: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    let ptr = cb.as_ptr();
+    // SAFETY: type checks on a live object with the GIL held.
+    unsafe {
+        // Builtins (a Task's step and wakeup, a Future's methods) are never coroutine
+        // functions: skip the Python-level checks for the commonest callbacks.
+        if ffi::PyCFunction_Check(ptr) != 0 || is_task_step_wrapper(ptr) {
+            return Ok(());
+        }
+        if ffi::PyFunction_Check(ptr) != 0 {
+            return check_function_flags(py, cb, method);
+        }
+        if ffi::Py_TYPE(ptr) == std::ptr::addr_of_mut!(PyMethod_Type) {
+            let func = PyMethod_Function(ptr);
+            if ffi::PyFunction_Check(func) != 0 {
+                return check_function_flags(py, &Bound::from_borrowed_ptr(py, func), method);
+            }
+        }
+    }
+    if stdlib::iscoroutine(py)?.call1((cb,))?.is_truthy()?
+        || stdlib::iscoroutinefunction(py)?.call1((cb,))?.is_truthy()?
+    {
+        return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+    }
+    if !cb.is_callable() {
+        return Err(PyTypeError::new_err(format!(
+            "a callable object was expected by {method}(), got {}",
+            cb.repr()?
+        )));
+    }
+    Ok(())
+}
+
+const CO_COROUTINE: i64 = 0x0080;
+
+fn check_function_flags(py: Python<'_>, func: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    let flags: i64 = func.getattr(pyo3::intern!(py, "__code__"))?.getattr(pyo3::intern!(py, "co_flags"))?.extract()?;
+    if flags & CO_COROUTINE != 0 {
+        return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+    }
+    Ok(())
+}
+
+/// CPython's C `Task` schedules its steps through a private `TaskStepMethWrapper`
+/// type; we recognise it by name once and then by pointer.
+unsafe fn is_task_step_wrapper(obj: *mut ffi::PyObject) -> bool {
+    use std::sync::atomic::AtomicPtr;
+    static STEP_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+    let tp = ffi::Py_TYPE(obj);
+    let known = STEP_TYPE.load(Ordering::Relaxed);
+    if !known.is_null() {
+        return tp == known;
+    }
+    let name = std::ffi::CStr::from_ptr((*tp).tp_name);
+    if name.to_bytes() == b"TaskStepMethWrapper" {
+        STEP_TYPE.store(tp, Ordering::Relaxed);
+        return true;
+    }
+    false
+}

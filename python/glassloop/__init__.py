@@ -1,0 +1,50 @@
+"""glassloop: an asyncio event loop in Rust that you can see into.
+
+    import glassloop
+    glassloop.run(main())                       # like asyncio.run, on glassloop
+    asyncio.Runner(loop_factory=glassloop.new_event_loop)
+    glassloop.install()                         # make it asyncio's default
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Coroutine, TypeVar
+
+from ._core import Handle, TimerHandle, __version__
+from ._loop import Loop
+
+__all__ = ["Loop", "Handle", "TimerHandle", "EventLoopPolicy", "new_event_loop", "install", "run", "__version__"]
+
+_T = TypeVar("_T")
+
+
+def new_event_loop(*, record: bool = True) -> Loop:
+    """Return a new glassloop event loop.
+
+    `record=False` turns off per-callback timing (counters still run); it exists
+    to measure what recording costs.
+    """
+    return Loop(record=record)
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """asyncio's default policy, making glassloop loops."""
+
+    def _loop_factory(self) -> Loop:  # type: ignore[override]
+        return new_event_loop()
+
+
+def install() -> None:
+    """Make glassloop asyncio's default loop (sets `EventLoopPolicy`)."""
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None, **loop_kwargs: Any) -> _T:
+    """Run the coroutine `main` on a new glassloop loop and return its result.
+
+    The same as `asyncio.run(main, debug=debug)`; keyword arguments go to
+    `new_event_loop()`.
+    """
+    with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(**loop_kwargs)) as runner:
+        return runner.run(main)

@@ -1,0 +1,124 @@
+"""The glassloop event loop: the Rust core plus asyncio's Python-level API.
+
+`Loop` puts `glassloop._core.LoopCore` (ready queue, timers, mio reactor, handle
+running and recording, all in Rust) first in the MRO, so those methods win, and
+inherits the rest of the asyncio API from the standard selector loop: its
+networking, pipes, subprocesses, signals and TLS run on top of our reactor
+through `_add_reader`/`_add_writer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import sys
+import threading
+from asyncio import events
+from typing import Any
+
+from . import _core
+
+__all__ = ["Loop"]
+
+
+class _ReactorSelector(selectors.BaseSelector):
+    """A read-only view of the Rust reactor's registrations.
+
+    asyncio's transports only consult `loop._selector` to describe themselves in
+    their reprs ("read=polling"); the loop never selects through it.
+    """
+
+    def __init__(self, core: _core.LoopCore) -> None:
+        self._core = core
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        sides = self._core._fd_sides(fd)
+        if sides is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        events_mask = (selectors.EVENT_READ if sides[0] else 0) | (selectors.EVENT_WRITE if sides[1] else 0)
+        return selectors.SelectorKey(fileobj, fd, events_mask, None)
+
+    def get_map(self) -> dict:
+        return {}
+
+    def register(self, fileobj, events, data=None):  # pragma: no cover - never called by asyncio
+        raise RuntimeError("glassloop's reactor is driven through loop.add_reader/add_writer")
+
+    def unregister(self, fileobj):  # pragma: no cover
+        raise RuntimeError("glassloop's reactor is driven through loop.remove_reader/remove_writer")
+
+    def select(self, timeout=None):  # pragma: no cover
+        raise RuntimeError("glassloop polls in Rust")
+
+    def close(self) -> None:
+        self._core = None  # type: ignore[assignment]
+
+
+def _run_foreign_handle(handle: asyncio.Handle) -> None:
+    # asyncio's own Handle objects (signal handlers) reach us through _add_callback.
+    if not handle._cancelled:
+        handle._run()
+
+
+class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
+    """An asyncio event loop written in Rust that records what it does.
+
+    Use it like any asyncio loop; `stats()` tells what it measured.
+    """
+
+    def __init__(self, *, record: bool = True) -> None:
+        super().__init__(selector=_ReactorSelector(self))
+
+    # Running. The iterations themselves run in Rust (`_run_forever_inner`);
+    # this sets up what asyncio expects of a running loop around them.
+    def run_forever(self) -> None:
+        """Run until `stop()` is called."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_hooks = sys.get_asyncgen_hooks()
+        try:
+            self._thread_id = threading.get_ident()
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._run_forever_inner()
+        finally:
+            self._stopping = False
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_hooks)
+
+    def close(self) -> None:
+        """Close the loop: drop pending callbacks, shut down the default executor."""
+        super().close()
+        self._close_core()
+
+    # asyncio's Python code schedules through these private entry points.
+    def _call_soon(self, callback, args, context):
+        return self.call_soon(callback, *args, context=context)
+
+    def _add_callback(self, handle):
+        if not handle._cancelled:
+            self.call_soon(_run_foreign_handle, handle)
+
+    def _add_callback_signalsafe(self, handle):
+        self._add_callback(handle)
+        self._write_to_self()
+
+    def stats(self) -> dict[str, Any]:
+        """What the loop measured about itself, as plain data.
+
+        Counters are totals since the loop was created; durations are seconds.
+        """
+        stats = self._stats()
+        busy, idle = stats["busy_seconds"], stats["idle_seconds"]
+        stats["utilization"] = busy / (busy + idle) if busy + idle > 0 else 0.0
+        stats["running"] = self.is_running()
+        stats["closed"] = self.is_closed()
+        stats["debug"] = self.get_debug()
+        return stats

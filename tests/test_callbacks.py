@@ -1,0 +1,407 @@
+"""call_soon and Handle: order, cancellation, re-entrancy, errors in callbacks,
+argument checking."""
+
+import asyncio
+import contextvars
+import functools
+
+import pytest
+
+from loopsupport import PY312, RecordingHandler, run_one_iteration
+
+
+def named_callback(*args):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# call_soon basics
+# ---------------------------------------------------------------------------
+
+def test_call_soon_passes_args(loop):
+    got = []
+
+    def cb(*args):
+        got.append(args)
+
+    loop.call_soon(cb)
+    loop.call_soon(cb, 1)
+    loop.call_soon(cb, 1, "two", None)
+    run_one_iteration(loop)
+    assert got == [(), (1,), (1, "two", None)]
+
+
+def test_call_soon_accepts_any_callable(loop):
+    got = []
+
+    class Callable:
+        def __call__(self, x):
+            got.append(("obj", x))
+
+    class K:
+        def meth(self, x):
+            got.append(("meth", x))
+
+    loop.call_soon(Callable(), 1)
+    loop.call_soon(K().meth, 2)
+    loop.call_soon(functools.partial(got.append, ("partial", 3)))
+    loop.call_soon(lambda: got.append(("lambda", 4)))
+    run_one_iteration(loop)
+    assert got == [("obj", 1), ("meth", 2), ("partial", 3), ("lambda", 4)]
+
+
+def test_call_soon_fifo(loop):
+    got = []
+    for i in range(1000):
+        loop.call_soon(got.append, i)
+    run_one_iteration(loop)
+    assert got == list(range(1000))
+
+
+def test_call_soon_returns_handle(loop):
+    h = loop.call_soon(named_callback)
+    assert h.cancelled() is False
+    assert callable(h.cancel)
+    run_one_iteration(loop)
+    # Running does not mark the handle cancelled.
+    assert h.cancelled() is False
+
+
+def test_call_soon_runs_callback_exactly_once(loop):
+    got = []
+    loop.call_soon(got.append, 1)
+    run_one_iteration(loop)
+    run_one_iteration(loop)
+    run_one_iteration(loop)
+    assert got == [1]
+
+
+# ---------------------------------------------------------------------------
+# Handle
+# ---------------------------------------------------------------------------
+
+def test_handle_cancel(loop):
+    got = []
+    h = loop.call_soon(got.append, 1)
+    loop.call_soon(got.append, 2)
+    h.cancel()
+    assert h.cancelled() is True
+    h.cancel()  # idempotent
+    assert h.cancelled() is True
+    run_one_iteration(loop)
+    assert got == [2]
+
+
+def test_handle_cancel_after_run_is_harmless(loop):
+    got = []
+    h = loop.call_soon(got.append, 1)
+    run_one_iteration(loop)
+    h.cancel()
+    assert h.cancelled() is True
+    run_one_iteration(loop)
+    assert got == [1]
+
+
+def test_handle_repr_contains_callback_name(loop):
+    h = loop.call_soon(named_callback, 1)
+    assert "named_callback" in repr(h)
+    t = loop.call_later(10, named_callback, 1)
+    assert "named_callback" in repr(t)
+    t.cancel()
+    run_one_iteration(loop)
+
+
+def test_handle_repr_says_cancelled(loop):
+    h = loop.call_soon(named_callback)
+    h.cancel()
+    assert "cancelled" in repr(h)
+    t = loop.call_later(10, named_callback)
+    t.cancel()
+    assert "cancelled" in repr(t)
+
+
+@pytest.mark.skipif(not PY312, reason="Handle.get_context() is new in 3.12")
+def test_handle_get_context(loop):
+    var = contextvars.ContextVar("var")
+    ctx = contextvars.copy_context()
+    h = loop.call_soon(named_callback, context=ctx)
+    assert h.get_context() is ctx
+    t = loop.call_later(10, named_callback, context=ctx)
+    assert t.get_context() is ctx
+    t.cancel()
+
+    var.set("at scheduling")
+    h2 = loop.call_soon(named_callback)
+    got = h2.get_context()
+    assert isinstance(got, contextvars.Context)
+    assert got[var] == "at scheduling"
+    run_one_iteration(loop)
+
+
+# ---------------------------------------------------------------------------
+# Re-entrancy
+# ---------------------------------------------------------------------------
+
+def test_callback_scheduled_by_callback_runs_next_iteration(loop):
+    order = []
+
+    def a():
+        order.append("a")
+        loop.call_soon(order.append, "scheduled by a")
+
+    loop.call_soon(a)
+    loop.call_soon(order.append, "b")
+    run_one_iteration(loop)
+    assert order == ["a", "b"]
+    run_one_iteration(loop)
+    assert order == ["a", "b", "scheduled by a"]
+
+
+def test_callback_cancels_later_callback_of_same_iteration(loop):
+    order = []
+    handles = {}
+
+    def a():
+        order.append("a")
+        handles["b"].cancel()
+
+    loop.call_soon(a)
+    handles["b"] = loop.call_soon(order.append, "b")
+    loop.call_soon(order.append, "c")
+    run_one_iteration(loop)
+    assert order == ["a", "c"]
+    assert handles["b"].cancelled()
+
+
+def test_callback_cancels_timer(loop):
+    order = []
+    timer = loop.call_later(0.02, order.append, "timer")
+
+    def cancel_it():
+        order.append("cancel")
+        timer.cancel()
+
+    loop.call_later(0.01, cancel_it)
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    assert order == ["cancel"]
+
+
+def test_callback_cancels_itself(loop):
+    order = []
+    handles = {}
+
+    def me():
+        order.append("me")
+        handles["me"].cancel()
+
+    handles["me"] = loop.call_soon(me)
+    loop.call_soon(order.append, "next")
+    run_one_iteration(loop)
+    assert order == ["me", "next"]
+
+
+def test_callback_chain_runs_one_step_per_iteration(loop):
+    order = []
+
+    def step(n):
+        order.append(n)
+        if n < 4:
+            loop.call_soon(step, n + 1)
+
+    loop.call_soon(step, 0)
+    for expected in range(5):
+        run_one_iteration(loop)
+        assert order == list(range(expected + 1))
+
+
+def test_callback_calls_stop_and_schedules(loop):
+    order = []
+
+    def a():
+        order.append("a")
+        loop.stop()
+        loop.call_soon(order.append, "after stop")
+
+    loop.call_soon(a)
+    loop.call_soon(order.append, "b")
+    loop.run_forever()
+    assert order == ["a", "b"]
+    run_one_iteration(loop)
+    assert order == ["a", "b", "after stop"]
+
+
+def test_million_call_soon_run_in_one_iteration(loop):
+    n = 1_000_000
+    out = []
+    append = out.append
+    later = []
+
+    def first():
+        # stop() here: everything already scheduled still runs in this
+        # iteration; what is scheduled now waits for the next one.
+        loop.stop()
+        loop.call_soon(later.append, "next iteration")
+
+    loop.call_soon(first)
+    for i in range(n):
+        loop.call_soon(append, i)
+    loop.run_forever()
+    assert len(out) == n
+    assert out == list(range(n))
+    assert later == []
+    del out[:]
+
+
+# ---------------------------------------------------------------------------
+# Exceptions raised by callbacks
+# ---------------------------------------------------------------------------
+
+class CallbackError(Exception):
+    pass
+
+
+def raiser(*args):
+    raise CallbackError("boom", *args)
+
+
+def test_exception_in_callback_goes_to_handler(loop):
+    handler = RecordingHandler()
+    loop.set_exception_handler(handler)
+    order = []
+    h = loop.call_soon(raiser, 1)
+    loop.call_soon(order.append, "after")
+    run_one_iteration(loop)
+    assert order == ["after"]  # the loop kept running the iteration
+    assert len(handler.contexts) == 1
+    ctx = handler.contexts[0]
+    assert handler.loops == [loop]
+    assert {"message", "exception", "handle"} <= set(ctx)
+    assert ctx["message"].startswith("Exception in callback ")
+    assert "raiser" in ctx["message"]
+    assert isinstance(ctx["exception"], CallbackError)
+    assert ctx["exception"].args == ("boom", 1)
+    assert ctx["handle"] is h
+
+
+def test_exception_in_timer_callback_goes_to_handler(loop):
+    handler = RecordingHandler()
+    loop.set_exception_handler(handler)
+    t = loop.call_later(0.001, raiser)
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    assert len(handler.contexts) == 1
+    ctx = handler.contexts[0]
+    assert ctx["message"].startswith("Exception in callback ")
+    assert "raiser" in ctx["message"]
+    assert isinstance(ctx["exception"], CallbackError)
+    assert ctx["handle"] is t
+
+
+def test_loop_keeps_running_after_many_callback_errors(loop, run):
+    handler = RecordingHandler()
+    loop.set_exception_handler(handler)
+    for _ in range(10):
+        loop.call_soon(raiser)
+
+    async def main():
+        await asyncio.sleep(0.01)
+        return "still running"
+
+    assert run(main()) == "still running"
+    assert len(handler.contexts) == 10
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_keyboardinterrupt_and_systemexit_propagate(loop, exc_type):
+    handler = RecordingHandler()
+    loop.set_exception_handler(handler)
+    order = []
+
+    def cb():
+        raise exc_type
+
+    loop.call_soon(cb)
+    loop.call_soon(order.append, "after")
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert handler.contexts == []
+    assert not loop.is_running()
+    # The rest of the ready queue is not lost: it runs on the next run.
+    run_one_iteration(loop)
+    assert order == ["after"]
+
+
+# ---------------------------------------------------------------------------
+# Argument checking (asyncio checks callbacks in debug mode)
+# ---------------------------------------------------------------------------
+
+async def coro_function():
+    pass
+
+
+def _schedule(loop, method, callback):
+    if method == "call_soon":
+        return loop.call_soon(callback)
+    if method == "call_later":
+        return loop.call_later(10, callback)
+    if method == "call_at":
+        return loop.call_at(loop.time() + 10, callback)
+    if method == "call_soon_threadsafe":
+        return loop.call_soon_threadsafe(callback)
+    raise ValueError(method)
+
+
+# asyncio's call_later delegates to call_at, so its messages say call_at().
+_NAME_IN_MESSAGE = {
+    "call_soon": "call_soon",
+    "call_later": "call_(?:later|at)",
+    "call_at": "call_at",
+    "call_soon_threadsafe": "call_soon_threadsafe",
+}
+
+METHODS = ["call_soon", "call_later", "call_at", "call_soon_threadsafe"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_debug_rejects_non_callable(loop, method):
+    loop.set_debug(True)
+    with pytest.raises(TypeError) as ei:
+        _schedule(loop, method, 1)
+    assert ei.match(
+        r"^a callable object was expected by {}\(\), got 1$".format(
+            _NAME_IN_MESSAGE[method]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_debug_rejects_coroutine_function(loop, method):
+    loop.set_debug(True)
+    with pytest.raises(TypeError) as ei:
+        _schedule(loop, method, coro_function)
+    assert ei.match(r"^coroutines cannot be used with {}\(\)$".format(
+        _NAME_IN_MESSAGE[method]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_debug_rejects_coroutine_object(loop, method):
+    loop.set_debug(True)
+    coro = coro_function()
+    try:
+        with pytest.raises(TypeError) as ei:
+            _schedule(loop, method, coro)
+    finally:
+        coro.close()
+    assert ei.match(r"^coroutines cannot be used with {}\(\)$".format(
+        _NAME_IN_MESSAGE[method]))
+
+
+def test_call_later_none_delay(loop):
+    with pytest.raises(TypeError) as ei:
+        loop.call_later(None, named_callback)
+    assert str(ei.value) == "delay must not be None"
+
+
+def test_call_at_none_when(loop):
+    with pytest.raises(TypeError) as ei:
+        loop.call_at(None, named_callback)
+    assert str(ei.value) == "when cannot be None"
