@@ -39,6 +39,12 @@ def probe(spec):
     return 0
 
 
+def describe(context):
+    """One line for a context the loop passed to its exception handler."""
+    exc = context.get("exception")
+    return f"{context.get('message')}: {exc!r}" if exc is not None else str(context.get("message"))
+
+
 def measure(spec, name, n, quick):
     module = workloads.load(name)
     n = n if n is not None else (module.QUICK_N if quick else module.N)
@@ -49,13 +55,28 @@ def measure(spec, name, n, quick):
               "error": f"{type(exc).__name__}: {exc}"})
         return UNAVAILABLE
     asyncio.set_event_loop(loop)
+    # An exception in a callback only reaches the loop's handler; a workload
+    # waiting for that callback would then never end. Stop and fail instead.
+    errors = []
+
+    def on_error(loop, context):
+        errors.append(context)
+        loop.stop()
+
+    loop.set_exception_handler(on_error)
     gc.collect()
     try:
         result = module.run(loop, n)
-    except Exception:
+        if errors:
+            raise workloads.WorkloadError("a callback raised")
+    except Exception as exc:
+        for context in errors:
+            print(describe(context), file=sys.stderr)
+            if context.get("exception") is not None:
+                traceback.print_exception(context["exception"])
         traceback.print_exc()
-        emit({"loop": spec.text, "workload": name, "n": n, "ok": False,
-              "error": traceback.format_exc(limit=0).strip()})
+        error = describe(errors[0]) if errors else f"{type(exc).__name__}: {exc}"
+        emit({"loop": spec.text, "workload": name, "n": n, "ok": False, "error": error})
         return 1
     finally:
         asyncio.set_event_loop(None)

@@ -199,6 +199,70 @@ INJECT = {
 LOOP_HOOKS = ("create_event_loop", "new_loop")
 
 
+def _instrumentable(loop, counter, notes):
+    """Return a loop of the factory's kind that accepts instance attributes.
+
+    Loops whose instances have no __dict__ (e.g. uvloop's cdef Loop) are
+    replaced by an instance of a trivial Python subclass of their type.
+    """
+    try:
+        loop.__dict__
+        return loop
+    except AttributeError:
+        pass
+    tp = type(loop)
+    loop.close()
+    sub = type(tp.__name__, (tp,), {"__module__": tp.__module__,
+                                     "__qualname__": tp.__qualname__})
+    new = sub()
+    msg = (f"{tp.__module__}.{tp.__qualname__} instances take no attributes: "
+           "instrumented via a trivial subclass")
+    if msg not in notes:
+        notes.append(msg)
+    return new
+
+
+def patch_test_runners(mod, counter, notes):
+    """test_runners' BaseTest installs a policy whose loops are a mocked
+    ``asyncio.BaseEventLoop`` (selector and self-pipe replaced by mocks, and
+    ``shutdown_asyncgens`` replaced by a flag setter).  Give it the loop under
+    test instead, keeping the flag that its tearDown asserts on (but calling
+    the real shutdown_asyncgens)."""
+    def new_loop(self):
+        loop = _instrumentable(counter(), counter, notes)
+        loop.shutdown_ag_run = False
+        real = loop.shutdown_asyncgens
+
+        async def shutdown_asyncgens():
+            loop.shutdown_ag_run = True
+            await real()
+        loop.shutdown_asyncgens = shutdown_asyncgens
+        return loop
+
+    mod.BaseTest.new_loop = new_loop
+    notes.append("BaseTest.new_loop -> loop under test (instead of a mocked BaseEventLoop)")
+
+
+def patch_test_pep492(mod, counter, notes):
+    """test_pep492's BaseTest runs on a mocked ``asyncio.BaseEventLoop``;
+    run it on the loop under test instead."""
+    from test.test_asyncio import utils as test_utils
+
+    def setUp(self):
+        test_utils.TestCase.setUp(self)
+        self.loop = counter()
+        self.set_event_loop(self.loop)
+
+    mod.BaseTest.setUp = setUp
+    notes.append("BaseTest.setUp -> loop under test (instead of a mocked BaseEventLoop)")
+
+
+MODULE_PATCHES = {
+    "test_runners": patch_test_runners,
+    "test_pep492": patch_test_pep492,
+}
+
+
 def _iter_tests(suite):
     for t in suite:
         if isinstance(t, unittest.TestSuite):
@@ -224,6 +288,8 @@ def _is_selector_specific(cls):
 
 def build_suite(mod, modname, counter, notes):
     loader = unittest.TestLoader()
+    if modname in MODULE_PATCHES:
+        MODULE_PATCHES[modname](mod, counter, notes)
     spec = INJECT.get(modname)
     injected = []
     dropped = set()
