@@ -9,7 +9,10 @@
 
 use crate::clock;
 use crate::gil_cell::GilCell;
-use crate::handles::{check_callback, Handle, TimerHandle};
+use crate::handles::{check_callback, Handle, Ready, TimerHandle};
+use crate::sites::{self, SiteOwner, Sites};
+use crate::slow::{SlowCallback, SlowLog};
+use crate::tasks::{self, TaskEntry, TaskState, Tasks};
 use crate::reactor::{Side, Watchers, WAKER_TOKEN};
 use crate::stdlib;
 use crate::timers::Timers;
@@ -36,9 +39,19 @@ const MIN_POLL_INTERVAL_NS: u64 = 50_000;
 
 /// Everything the loop thread mutates, behind one GIL-protected cell.
 struct State {
-    ready: VecDeque<Py<Handle>>,
+    ready: VecDeque<Ready>,
     /// When the last poll returned (ns).
     last_poll_ns: u64,
+    /// The loop's idea of "now" (ns): refreshed after the poll and after each
+    /// callback, so scheduling doesn't read the clock.
+    now_ns: u64,
+    /// The task whose step is running, for the parent of tasks it creates.
+    current_task: Option<u64>,
+    tasks: Tasks,
+    sites: Sites,
+    slow: SlowLog,
+    /// `asyncio.eventloop.delay`: time from ready to run, every callback (ns).
+    lag: hdrhistogram::Histogram<u64>,
     timers: Timers,
     watchers: Watchers,
     recorder: Recorder,
@@ -66,6 +79,22 @@ pub struct LoopCore {
     thread_id: AtomicU64,
     /// Seconds, as f64 bits.
     slow_callback_duration: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A finished task's outcome, read without side effects (`exception()` would
+/// mark the exception retrieved and silence asyncio's "never retrieved" warning).
+fn task_outcome(task: &Bound<'_, PyAny>) -> (TaskState, Option<String>) {
+    if task.call_method0("cancelled").and_then(|c| c.is_truthy()).unwrap_or(false) {
+        return (TaskState::Cancelled, None);
+    }
+    match task.getattr("_exception") {
+        Ok(exc) if !exc.is_none() => (TaskState::Failed, exc.get_type().name().ok().map(|n| n.to_string())),
+        _ => (TaskState::Done, None),
+    }
 }
 
 fn os_error(e: io::Error) -> PyErr {
@@ -120,7 +149,10 @@ impl LoopCore {
     fn schedule(&self, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
         let handle = Py::new(py, handle)?;
         let queued = handle.clone_ref(py);
-        self.state.with(py, |s| s.ready.push_back(queued));
+        self.state.with(py, |s| {
+            let queued_ns = s.now_ns;
+            s.ready.push_back(Ready { handle: queued, queued_ns })
+        });
         Ok(handle)
     }
 
@@ -209,7 +241,7 @@ impl LoopCore {
                     let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                     let writable = event.is_writable() || event.is_write_closed() || event.is_error();
                     let State { watchers, ready, .. } = s;
-                    watchers.dispatch(py, event.token().0 as RawFd, readable, writable, ready);
+                    watchers.dispatch(py, event.token().0 as RawFd, readable, writable, poll_end, ready);
                 }
                 let now = clock::ns_to_secs(clock::now_ns());
                 let State { timers, ready, recorder, .. } = s;
@@ -223,31 +255,68 @@ impl LoopCore {
         // 4. Run what is ready now; anything they schedule waits for the next iteration.
         let ntodo = self.state.with(py, |s| s.ready.len());
         let debug = self.is_debug();
-        let slow = f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed));
+        let slow_ns = (f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed)) * 1e9) as u64;
         let mut t0 = clock::now_ns();
         let busy_start = t0;
         for _ in 0..ntodo {
-            let Some(handle) = self.state.with(py, |s| s.ready.pop_front()) else {
+            let Some(Ready { handle, queued_ns }) = self.state.with(py, |s| s.ready.pop_front()) else {
                 break; // the loop was closed by a callback
             };
             let h = handle.get();
             if h.is_cancelled() {
                 continue;
             }
-            let result = h.run(py);
+            let Some((func, args)) = h.callback_parts(py) else { continue };
+            let func = func.into_bound(py);
+            let task_candidate = tasks::step_owner(&func);
+            let task = self.state.with(py, |s| {
+                let task = task_candidate.filter(|t| s.tasks.id_of(*t).is_some());
+                s.current_task = task.and_then(|t| s.tasks.id_of(t));
+                task
+            });
+
+            let result = h.call_in_context(py, &func, &args);
+
             let t1 = clock::now_ns();
             let took = t1 - t0;
+            let lag = t0.saturating_sub(queued_ns);
             t0 = t1;
-            let is_slow = clock::ns_to_secs(took) >= slow;
-            self.state.with(py, |s| {
+            let site = if task.is_none() { Some(sites::site_of(&func)) } else { None };
+            let new_site = self.state.with(py, |s| {
+                s.now_ns = t1;
+                s.current_task = None;
                 s.recorder.callback(took);
-                if is_slow {
-                    s.recorder.slow_callbacks += 1;
+                if s.recorder.enabled {
+                    s.lag.saturating_record(lag.max(1));
                 }
                 if result.is_err() {
                     s.recorder.exceptions += 1;
                 }
+                let (addr, owner) = match (task, &site) {
+                    (Some(t), _) => match s.tasks.step(t, took, lag) {
+                        Some((_, Some(code))) => (code, s.tasks.code_of(t).map(|c| SiteOwner::Code(c.clone_ref(py)))),
+                        _ => return None,
+                    },
+                    (None, Some((addr, code))) => (*addr, code.as_ref().map(|c| SiteOwner::Code(c.clone().unbind()))),
+                    (None, None) => return None,
+                };
+                if s.sites.record_known(addr, took) || s.sites.is_full() {
+                    return None;
+                }
+                Some((addr, owner))
             });
+            if let Some((addr, owner)) = new_site {
+                let owner = owner.unwrap_or_else(|| SiteOwner::Named(sites::builtin_name(&func)));
+                let rejected = self.state.with(py, |s| s.sites.record_new(addr, owner, took));
+                drop(rejected);
+            }
+            let is_slow = took >= slow_ns;
+            if is_slow {
+                self.record_slow(py, h, &func, task, took, debug)?;
+            }
+            if let Some(t) = task {
+                self.after_task_step(py, t, &func);
+            }
             if let Err(err) = result {
                 self.report_callback_error(py, loop_obj, &handle, err)?;
             }
@@ -261,6 +330,57 @@ impl LoopCore {
         }
         let busy = clock::now_ns() - busy_start;
         self.state.with(py, |s| s.recorder.busy_ns += busy);
+        Ok(())
+    }
+
+    /// A task step just ran: if the task finished, move it to the finished list.
+    fn after_task_step(&self, py: Python<'_>, task_ptr: usize, func: &Bound<'_, PyAny>) {
+        // SAFETY: `func` (the step callback) holds a reference to the task, so the
+        // address is a live object for as long as `func` is.
+        let task = unsafe { Bound::from_borrowed_ptr(py, task_ptr as *mut pyo3::ffi::PyObject) };
+        let _keep = func;
+        let done = task.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(false);
+        if !done {
+            return;
+        }
+        let (state, exc) = task_outcome(&task);
+        let name = task.call_method0(pyo3::intern!(py, "get_name")).and_then(|n| n.extract::<String>()).ok();
+        let now_ms = unix_ms();
+        let dropped = self.state.with(py, |s| s.tasks.finish(task_ptr, state, exc, name, now_ms));
+        drop(dropped);
+    }
+
+    fn record_slow(&self, py: Python<'_>, h: &Handle, func: &Bound<'_, PyAny>, task: Option<usize>, took: u64, debug: bool) -> PyResult<()> {
+        let (task_id, site) = self.state.with(py, |s| {
+            let id = task.and_then(|t| s.tasks.id_of(t));
+            let code = task.and_then(|t| s.tasks.code_of(t).map(|c| c.clone_ref(py)));
+            (id, code)
+        });
+        let site = match site {
+            Some(code) => SiteOwner::Code(code).describe(py),
+            None => match sites::site_of(func) {
+                (_, Some(code)) => sites::describe(&code),
+                _ => SiteOwner::Named(sites::builtin_name(func)).describe(py),
+            },
+        };
+        let task_name = task.and_then(|t| {
+            // SAFETY: as in after_task_step: `func` keeps the task alive.
+            let task = unsafe { Bound::from_borrowed_ptr(py, t as *mut pyo3::ffi::PyObject) };
+            task.call_method0("get_name").and_then(|n| n.extract::<String>()).ok()
+        });
+        let traceback = if debug {
+            match h.source_traceback(py) {
+                Some(tb) => Some(py.import("traceback")?.call_method1("format_list", (tb,))?.str()?.to_string()),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let event = SlowCallback { unix_ms: unix_ms(), duration_ns: took, site, task_id, task_name, traceback };
+        self.state.with(py, |s| {
+            s.recorder.slow_callbacks += 1;
+            s.slow.push(event)
+        });
         Ok(())
     }
 
@@ -296,6 +416,12 @@ impl LoopCore {
             state: GilCell::new(State {
                 ready: VecDeque::new(),
                 last_poll_ns: 0,
+                now_ns: clock::now_ns(),
+                current_task: None,
+                tasks: Tasks::default(),
+                sites: Sites::default(),
+                slow: SlowLog::default(),
+                lag: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static bounds"),
                 timers: Timers::default(),
                 watchers: Watchers::default(),
                 recorder: Recorder::new(record),
@@ -440,18 +566,159 @@ impl LoopCore {
         self.closed.store(true, Ordering::Relaxed);
         let mut timers = Vec::new();
         let mut handles = Vec::new();
-        let ready = self.state.with(py, |s| {
+        let (ready, task_entries) = self.state.with(py, |s| {
             s.timers.clear(py, &mut timers);
             s.watchers.clear(&self.registry, &mut handles);
-            std::mem::take(&mut s.ready)
+            (std::mem::take(&mut s.ready), s.tasks.clear())
         });
-        drop((ready, timers, handles));
+        drop((ready, timers, handles, task_entries));
+    }
+
+    /// Adds a task made by `create_task` to the task table.
+    fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        let weak = py.import("weakref")?.getattr("ref")?.call1((task,))?.unbind();
+        let code = task
+            .call_method0("get_coro")
+            .ok()
+            .and_then(|c| c.getattr("cr_code").or_else(|_| c.getattr("gi_code")).ok())
+            .map(Bound::unbind);
+        let created_unix_ms = unix_ms();
+        let gone = self.state.with(py, |s| {
+            let entry = TaskEntry {
+                id: s.tasks.next_id(),
+                weak,
+                code,
+                parent: s.current_task,
+                created_unix_ms,
+                finished_unix_ms: None,
+                state: TaskState::Pending,
+                exception_type: None,
+                name: None,
+                steps: 0,
+                busy_ns: 0,
+                longest_step_ns: 0,
+                last_delay_ns: 0,
+            };
+            s.tasks.insert(task.as_ptr() as usize, entry, py)
+        });
+        drop(gone);
+        Ok(())
+    }
+
+    /// The task table as plain dicts: live tasks first, then recently finished ones.
+    #[pyo3(signature = (include_finished = true))]
+    fn _tasks<'py>(&self, py: Python<'py>, include_finished: bool) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        struct Row {
+            task: Option<Py<PyAny>>,
+            entry_name: Option<String>,
+            code: Option<Py<PyAny>>,
+            fields: (u64, Option<u64>, u64, Option<u64>, TaskState, Option<String>, u64, u64, u64, u64),
+        }
+        let rows: Vec<Row> = self.state.with(py, |s| {
+            let row = |e: &TaskEntry, task: Option<Py<PyAny>>| Row {
+                task,
+                entry_name: e.name.clone(),
+                code: e.code.as_ref().map(|c| c.clone_ref(py)),
+                fields: (e.id, e.parent, e.created_unix_ms, e.finished_unix_ms, e.state, e.exception_type.clone(), e.steps, e.busy_ns, e.longest_step_ns, e.last_delay_ns),
+            };
+            let mut rows: Vec<Row> = s.tasks.live().map(|(_, e)| row(e, Some(e.weak.clone_ref(py)))).collect();
+            if include_finished {
+                rows.extend(s.tasks.finished().map(|e| row(e, None)));
+            }
+            rows
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let task = match &row.task {
+                Some(weak) => {
+                    let t = weak.bind(py).call0()?;
+                    if t.is_none() {
+                        continue; // collected while pending; pruned later
+                    }
+                    Some(t)
+                }
+                None => None,
+            };
+            let (id, parent, created, finished, state, exc, steps, busy, longest, delay) = row.fields;
+            let d = PyDict::new(py);
+            d.set_item("id", id)?;
+            let name = match &task {
+                Some(t) => t.call_method0("get_name")?.extract::<String>().ok(),
+                None => row.entry_name,
+            };
+            d.set_item("name", name)?;
+            let site = row.code.map(|c| sites::describe(c.bind(py)));
+            d.set_item("coro", site.as_ref().map(|s| s.qualname.clone()))?;
+            d.set_item("defined_at", site.as_ref().map(|s| format!("{}:{}", s.file, s.line)))?;
+            d.set_item("parent_id", parent)?;
+            d.set_item("created_unix_ms", created)?;
+            d.set_item("finished_unix_ms", finished)?;
+            d.set_item("state", state.as_str())?;
+            d.set_item("exception_type", exc)?;
+            d.set_item("steps", steps)?;
+            d.set_item("busy_seconds", busy as f64 / 1e9)?;
+            d.set_item("longest_step_seconds", longest as f64 / 1e9)?;
+            d.set_item("last_scheduled_delay_seconds", delay as f64 / 1e9)?;
+            if let Some(t) = task {
+                d.set_item("task", t)?;
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// The callback-site profile: the heaviest `limit` sites by `order` ("total", "count", "max").
+    #[pyo3(signature = (order = "total", limit = 50))]
+    fn _callback_sites<'py>(&self, py: Python<'py>, order: &str, limit: usize) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let top = self.state.with(py, |s| s.sites.top(py, order, limit));
+        let mut out = Vec::with_capacity(top.len());
+        for (owner, stats) in top {
+            let name = owner.describe(py);
+            let d = PyDict::new(py);
+            d.set_item("qualname", name.qualname)?;
+            d.set_item("file", name.file)?;
+            d.set_item("line", name.line)?;
+            d.set_item("count", stats.count)?;
+            d.set_item("total_seconds", stats.total_ns as f64 / 1e9)?;
+            d.set_item("max_seconds", stats.max_ns as f64 / 1e9)?;
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// The slow-callback log, oldest first.
+    fn _slow_callbacks<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let events = self.state.with(py, |s| s.slow.events());
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let d = PyDict::new(py);
+            d.set_item("unix_ms", e.unix_ms)?;
+            d.set_item("duration_seconds", e.duration_ns as f64 / 1e9)?;
+            d.set_item("qualname", e.site.qualname)?;
+            d.set_item("file", e.site.file)?;
+            d.set_item("line", e.site.line)?;
+            d.set_item("task_id", e.task_id)?;
+            d.set_item("task_name", e.task_name)?;
+            d.set_item("traceback", e.traceback)?;
+            out.push(d);
+        }
+        Ok(out)
     }
 
     /// Counters and histogram summaries (see `glassloop.Loop.stats`).
     fn _stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (snap, ready, timers, timers_cancelled, fds) = self.state.with(py, |s| {
             (s.recorder.snapshot(), s.ready.len(), s.timers.len(), s.timers.cancelled_len(), s.watchers.len())
+        });
+        let (lag, tasks_live, tasks_created, tasks_finished, sites) = self.state.with(py, |s| {
+            let l = &s.lag;
+            (
+                (l.len(), l.value_at_quantile(0.5), l.value_at_quantile(0.99), l.max()),
+                s.tasks.live_len(),
+                s.tasks.created_total,
+                s.tasks.finished_total,
+                s.sites.len(),
+            )
         });
         let d = PyDict::new(py);
         d.set_item("iterations", snap.iterations)?;
@@ -476,6 +743,16 @@ impl LoopCore {
         tl.set_item("p99", snap.timer_lateness_p99_ns as f64 / 1e9)?;
         tl.set_item("max", snap.timer_lateness_max_ns as f64 / 1e9)?;
         d.set_item("timer_delay", tl)?;
+        let lg = PyDict::new(py);
+        lg.set_item("count", lag.0)?;
+        lg.set_item("p50", lag.1 as f64 / 1e9)?;
+        lg.set_item("p99", lag.2 as f64 / 1e9)?;
+        lg.set_item("max", lag.3 as f64 / 1e9)?;
+        d.set_item("loop_lag", lg)?;
+        d.set_item("tasks_live", tasks_live)?;
+        d.set_item("tasks_created", tasks_created)?;
+        d.set_item("tasks_finished", tasks_finished)?;
+        d.set_item("callback_sites", sites)?;
         Ok(d)
     }
 

@@ -34,6 +34,12 @@ pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     }
 }
 
+/// A handle in the ready queue, with when it became ready (for loop lag).
+pub struct Ready {
+    pub handle: Py<Handle>,
+    pub queued_ns: u64,
+}
+
 struct Callback {
     func: Py<PyAny>,
     args: Py<PyTuple>,
@@ -94,15 +100,16 @@ impl Handle {
         self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
     }
 
-    /// Runs the callback in the handle's context. The error, if any, is the callback's.
+    /// The callback and its arguments (None once cancelled).
     #[inline]
-    pub fn run(&self, py: Python<'_>) -> PyResult<()> {
-        let Some((func, args)) = self
-            .callback
-            .with(py, |cb| cb.as_ref().map(|cb| (cb.func.clone_ref(py), cb.args.clone_ref(py))))
-        else {
-            return Ok(());
-        };
+    pub fn callback_parts(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+        self.callback.with(py, |cb| cb.as_ref().map(|cb| (cb.func.clone_ref(py), cb.args.clone_ref(py))))
+    }
+
+    /// Calls `func(*args)` (this handle's callback) in the handle's context.
+    /// The error, if any, is the callback's.
+    #[inline]
+    pub fn call_in_context(&self, py: Python<'_>, func: &Bound<'_, PyAny>, args: &Py<PyTuple>) -> PyResult<()> {
         let ctx = self.context.as_ptr();
         // SAFETY: GIL held; `ctx` is kept alive by `self`. Enter fails (TypeError or
         // RuntimeError "already entered") without side effects, and is then reported
@@ -110,7 +117,7 @@ impl Handle {
         if unsafe { PyContext_Enter(ctx) } != 0 {
             return Err(PyErr::fetch(py));
         }
-        let result = func.bind(py).call1(args.bind(py)).map(drop);
+        let result = func.call1(args.bind(py)).map(drop);
         // SAFETY: we entered `ctx` on this thread just above.
         if unsafe { PyContext_Exit(ctx) } != 0 {
             return Err(PyErr::fetch(py));
@@ -361,7 +368,7 @@ fn check_function_flags(py: Python<'_>, func: &Bound<'_, PyAny>, method: &str) -
 
 /// CPython's C `Task` schedules its steps through a private `TaskStepMethWrapper`
 /// type; we recognise it by name once and then by pointer.
-unsafe fn is_task_step_wrapper(obj: *mut ffi::PyObject) -> bool {
+pub(crate) unsafe fn is_task_step_wrapper(obj: *mut ffi::PyObject) -> bool {
     use std::sync::atomic::AtomicPtr;
     static STEP_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
     let tp = ffi::Py_TYPE(obj);
@@ -375,4 +382,21 @@ unsafe fn is_task_step_wrapper(obj: *mut ffi::PyObject) -> bool {
         return true;
     }
     false
+}
+
+/// One level of unwrapping towards the function a callable really calls: a bound
+/// method's function, a `functools.partial`'s `func`.
+pub fn unwrap_callable<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let ptr = obj.as_ptr();
+    // SAFETY: type check and borrowed read on a live object, GIL held.
+    unsafe {
+        if ffi::Py_TYPE(ptr) == std::ptr::addr_of_mut!(PyMethod_Type) {
+            return Some(Bound::from_borrowed_ptr(obj.py(), PyMethod_Function(ptr)));
+        }
+    }
+    let ty = obj.get_type();
+    if ty.qualname().ok()?.to_string() == "partial" {
+        return obj.getattr(pyo3::intern!(obj.py(), "func")).ok();
+    }
+    None
 }

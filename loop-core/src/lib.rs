@@ -5,6 +5,9 @@ mod event_loop;
 mod gil_cell;
 mod handles;
 mod reactor;
+mod sites;
+mod slow;
+mod tasks;
 mod stdlib;
 mod timers;
 

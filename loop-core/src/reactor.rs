@@ -5,7 +5,7 @@
 //! by re-arming (`EPOLL_CTL_MOD`) each fd whose callback ran, before the next
 //! poll: the kernel then re-queues the fd if it is still ready.
 
-use crate::handles::Handle;
+use crate::handles::{Handle, Ready};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use pyo3::prelude::*;
@@ -97,13 +97,13 @@ impl Watchers {
     }
 
     /// Queues the callbacks for one poll event.
-    pub fn dispatch(&mut self, py: Python<'_>, fd: RawFd, readable: bool, writable: bool, ready: &mut std::collections::VecDeque<Py<Handle>>) {
+    pub fn dispatch(&mut self, py: Python<'_>, fd: RawFd, readable: bool, writable: bool, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>) {
         let Some(w) = self.fds.get(&fd) else { return };
         let mut fired = false;
         if readable {
             if let Some(h) = &w.reader {
                 if !h.get().is_cancelled() {
-                    ready.push_back(h.clone_ref(py));
+                    ready.push_back(Ready { handle: h.clone_ref(py), queued_ns: now_ns });
                     fired = true;
                 }
             }
@@ -111,7 +111,7 @@ impl Watchers {
         if writable {
             if let Some(h) = &w.writer {
                 if !h.get().is_cancelled() {
-                    ready.push_back(h.clone_ref(py));
+                    ready.push_back(Ready { handle: h.clone_ref(py), queued_ns: now_ns });
                     fired = true;
                 }
             }

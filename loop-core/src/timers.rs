@@ -5,7 +5,7 @@
 //! when they reach the top, or all at once when they outnumber the live ones, so
 //! millions of `call_later` + `cancel` keep memory flat.
 
-use crate::handles::{Handle, TimerHandle};
+use crate::handles::{Ready, TimerHandle};
 use pyo3::prelude::*;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
@@ -95,7 +95,7 @@ impl Timers {
         &mut self,
         py: Python<'_>,
         now: f64,
-        ready: &mut std::collections::VecDeque<Py<Handle>>,
+        ready: &mut std::collections::VecDeque<Ready>,
         garbage: &mut Vec<Py<TimerHandle>>,
         mut on_fire: impl FnMut(f64),
     ) {
@@ -111,7 +111,8 @@ impl Timers {
             }
             handle.get().unschedule();
             on_fire(now - entry.when);
-            ready.push_back(entry.handle.into_bound(py).into_super().unbind());
+            let queued_ns = crate::clock::secs_to_ns_ceil(entry.when);
+            ready.push_back(Ready { handle: entry.handle.into_bound(py).into_super().unbind(), queued_ns });
         }
     }
 

@@ -14,7 +14,17 @@ from typing import Any, Coroutine, TypeVar
 from ._core import Handle, TimerHandle, __version__
 from ._loop import Loop
 
-__all__ = ["Loop", "Handle", "TimerHandle", "EventLoopPolicy", "new_event_loop", "install", "run", "__version__"]
+__all__ = [
+    "Loop",
+    "Handle",
+    "TimerHandle",
+    "EventLoopPolicy",
+    "new_event_loop",
+    "install",
+    "run",
+    "inspect",
+    "__version__",
+]
 
 _T = TypeVar("_T")
 
@@ -48,3 +58,21 @@ def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None, **loop_kwar
     """
     with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(**loop_kwargs)) as runner:
         return runner.run(main)
+
+
+def inspect(loop: asyncio.AbstractEventLoop | None = None) -> dict[str, Any]:
+    """Everything a glassloop loop recorded, as plain data (JSON-ready but for
+    the live task objects under tasks[i]["task"]).
+
+    `loop` defaults to the running loop. Raises TypeError for loops that are not glassloop's.
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    if not isinstance(loop, Loop):
+        raise TypeError(f"glassloop.inspect() needs a glassloop loop, got {type(loop).__name__}")
+    return {
+        "stats": loop.stats(),
+        "tasks": loop.tasks(),
+        "callback_sites": loop.callback_sites(),
+        "slow_callbacks": loop.slow_callbacks(),
+    }

@@ -110,6 +110,27 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         self._add_callback(handle)
         self._write_to_self()
 
+    def create_task(self, coro, **kwargs):
+        """Schedule a coroutine as a task (as asyncio does) and add it to the task table."""
+        task = super().create_task(coro, **kwargs)
+        self._task_created(task)
+        return task
+
+    def tasks(self, *, include_finished: bool = True) -> list[dict[str, Any]]:
+        """The task table: live tasks (with the task object under "task"), then the
+        most recently finished ones. Times are seconds, timestamps unix milliseconds."""
+        return self._tasks(include_finished)
+
+    def callback_sites(self, *, order: str = "total", limit: int = 50) -> list[dict[str, Any]]:
+        """Where the loop spends its time: callback sites ordered by "total", "count" or "max"."""
+        if order not in ("total", "count", "max"):
+            raise ValueError(f"order must be 'total', 'count' or 'max', not {order!r}")
+        return self._callback_sites(order, limit)
+
+    def slow_callbacks(self) -> list[dict[str, Any]]:
+        """Callbacks that ran at least `slow_callback_duration` (the last 256), oldest first."""
+        return self._slow_callbacks()
+
     def stats(self) -> dict[str, Any]:
         """What the loop measured about itself, as plain data.
 
