@@ -438,6 +438,26 @@ impl LoopCore {
         })
     }
 
+    // The loop holds handles whose callbacks are often bound methods of the loop
+    // itself (the self-pipe reader, transports): without this, every loop that is
+    // dropped without close() would leak, and never warn "unclosed event loop".
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        self.state
+            .try_peek(|s| {
+                for r in &s.ready {
+                    visit.call(&r.handle)?;
+                }
+                s.timers.traverse(&visit)?;
+                s.watchers.traverse(&visit)?;
+                s.tasks.traverse(&visit)
+            })
+            .unwrap_or(Ok(()))
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| self.drop_scheduled(py));
+    }
+
     /// The loop's clock: `time.monotonic()`.
     fn time(&self) -> f64 {
         clock::ns_to_secs(clock::now_ns())
@@ -564,14 +584,7 @@ impl LoopCore {
     /// Drops everything queued, timed and watched (called by `close()`).
     fn _close_core(&self, py: Python<'_>) {
         self.closed.store(true, Ordering::Relaxed);
-        let mut timers = Vec::new();
-        let mut handles = Vec::new();
-        let (ready, task_entries) = self.state.with(py, |s| {
-            s.timers.clear(py, &mut timers);
-            s.watchers.clear(&self.registry, &mut handles);
-            (std::mem::take(&mut s.ready), s.tasks.clear())
-        });
-        drop((ready, timers, handles, task_entries));
+        self.drop_scheduled(py);
     }
 
     /// Adds a task made by `create_task` to the task table.
@@ -807,6 +820,18 @@ impl LoopCore {
 }
 
 impl LoopCore {
+    /// Drops everything queued, timed, watched and tracked, outside the state borrow.
+    fn drop_scheduled(&self, py: Python<'_>) {
+        let mut timers = Vec::new();
+        let mut handles = Vec::new();
+        let (ready, task_entries) = self.state.with(py, |s| {
+            s.timers.clear(py, &mut timers);
+            s.watchers.clear(&self.registry, &mut handles);
+            (std::mem::take(&mut s.ready), s.tasks.clear())
+        });
+        drop((ready, timers, handles, task_entries));
+    }
+
     fn add_watcher(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, side: Side, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         let fd = fileobj_to_fd(fd)?;

@@ -23,6 +23,13 @@ impl<T> GilCell<T> {
         GilCell(RefCell::new(value))
     }
 
+    /// Read access for the garbage collector's traversal, which runs with the GIL
+    /// held but without a `Python` token; `None` if the state is borrowed (the
+    /// collector then sees fewer references, which only delays collection).
+    pub fn try_peek<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
+        self.0.try_borrow().ok().map(|v| f(&v))
+    }
+
     #[inline]
     pub fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> R {
         f(&mut self.0.borrow_mut())

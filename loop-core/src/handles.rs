@@ -164,6 +164,25 @@ impl Handle {
 
 #[pymethods]
 impl Handle {
+    // A handle's callback is often a bound method of an object that references the
+    // handle back (a transport, the loop): let the garbage collector see through it.
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        self.callback
+            .try_peek(|cb| match cb {
+                Some(cb) => visit.call(&cb.func).and_then(|_| visit.call(&cb.args)),
+                None => Ok(()),
+            })
+            .unwrap_or(Ok(()))?;
+        visit.call(&self.context)?;
+        visit.call(&self.source_traceback)
+    }
+
+    fn __clear__(&self) {
+        // Called by the collector with the GIL held.
+        let dropped = Python::attach(|py| self.callback.with(py, Option::take));
+        drop(dropped);
+    }
+
     /// Cancels the callback. Does nothing if it already ran or was cancelled.
     fn cancel(&self, py: Python<'_>) {
         self.cancel_inner(py);

@@ -136,6 +136,14 @@ impl Watchers {
         }
     }
 
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        for w in self.fds.values() {
+            visit.call(&w.reader)?;
+            visit.call(&w.writer)?;
+        }
+        Ok(())
+    }
+
     /// Drops every watcher (loop close); handles go to `garbage`.
     pub fn clear(&mut self, registry: &Registry, garbage: &mut Vec<Py<Handle>>) {
         for (fd, mut w) in self.fds.drain() {

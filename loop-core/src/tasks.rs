@@ -141,6 +141,13 @@ impl Tasks {
         self.finished.iter()
     }
 
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        for e in self.live.values().chain(self.finished.iter()) {
+            visit.call(&e.weak)?;
+        }
+        Ok(())
+    }
+
     pub fn clear(&mut self) -> Vec<TaskEntry> {
         let mut all: Vec<TaskEntry> = self.live.drain().map(|(_, e)| e).collect();
         all.extend(self.finished.drain(..));

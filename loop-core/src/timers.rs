@@ -143,6 +143,10 @@ impl Timers {
         self.cancelled.store(0, Ordering::Relaxed);
     }
 
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        self.heap.iter().try_for_each(|e| visit.call(&e.handle))
+    }
+
     /// Empties the heap (loop close); the handles go to `garbage`.
     pub fn clear(&mut self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) {
         for entry in std::mem::take(&mut self.heap).into_vec() {

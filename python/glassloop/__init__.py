@@ -56,6 +56,9 @@ def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None, **loop_kwar
     The same as `asyncio.run(main, debug=debug)`; keyword arguments go to
     `new_event_loop()`.
     """
+    if asyncio.events._get_running_loop() is not None:
+        # The same check and message as asyncio.run().
+        raise RuntimeError("glassloop.run() cannot be called from a running event loop")
     with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(**loop_kwargs)) as runner:
         return runner.run(main)
 
