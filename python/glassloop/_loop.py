@@ -16,7 +16,7 @@ import threading
 from asyncio import events
 from typing import Any
 
-from . import _core
+from . import _core, _stacks
 
 __all__ = ["Loop"]
 
@@ -120,6 +120,11 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         """The task table: live tasks (with the task object under "task"), then the
         most recently finished ones. Times are seconds, timestamps unix milliseconds."""
         return self._tasks(include_finished)
+
+    def await_stack(self, task: asyncio.Future) -> list[dict[str, Any]]:
+        """Where `task` is parked: its await chain, outermost coroutine first,
+        ending with the future or task it waits on."""
+        return _stacks.await_stack(task)
 
     def callback_sites(self, *, order: str = "total", limit: int = 50) -> list[dict[str, Any]]:
         """Where the loop spends its time: callback sites ordered by "total", "count" or "max"."""
