@@ -23,8 +23,15 @@ unless ``--timeout``, ``PYTEST_TIMEOUT``, an ini ``timeout`` or a
 import asyncio
 import gc
 import os
+import sys
 
 import pytest
+
+# The test modules import their helpers with ``from loopsupport import ...``;
+# make that work whatever pytest's import mode.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -85,9 +92,10 @@ def glassloop_import_error():
 
 def _missing_glassloop_message():
     return (
-        "glassloop cannot be imported ({!r}); build and install it "
-        "(e.g. `maturin develop` in the repository root) to run the "
-        "glassloop half of this suite".format(glassloop_import_error())
+        "glassloop cannot be imported with {} ({!r}); build and install it "
+        "for this Python (`scripts/setup.sh`, or `python3 -m pip install .` "
+        "in the repository root) to run the glassloop half of this "
+        "suite".format(sys.executable, glassloop_import_error())
     )
 
 
@@ -180,7 +188,7 @@ def loop(request, loop_factory):
                     lp.close()
         finally:
             asyncio.set_event_loop(None)
-            gc.collect()
+            gc.collect(1)  # young garbage: cheap, and what the test made
     if (guard.contexts
             and request.node.get_closest_marker("unexpected_errors_ok") is None):
         msgs = "\n".join(

@@ -4,6 +4,10 @@ argument checking."""
 import asyncio
 import contextvars
 import functools
+import gc
+import threading
+import time
+import weakref
 
 import pytest
 
@@ -405,3 +409,117 @@ def test_call_at_none_when(loop):
     with pytest.raises(TypeError) as ei:
         loop.call_at(None, named_callback)
     assert str(ei.value) == "when cannot be None"
+
+
+# ---------------------------------------------------------------------------
+# Queue details a loop in another language can get wrong
+# ---------------------------------------------------------------------------
+
+def test_call_soon_and_threadsafe_share_one_fifo(loop):
+    """From the loop's thread, call_soon and call_soon_threadsafe append to the
+    same queue: order is kept across the two."""
+    got = []
+    loop.call_soon(got.append, 1)
+    loop.call_soon_threadsafe(got.append, 2)
+    loop.call_soon(got.append, 3)
+    loop.call_soon_threadsafe(got.append, 4)
+    run_one_iteration(loop)
+    assert got == [1, 2, 3, 4]
+
+
+class Payload:
+    pass
+
+
+def test_cancel_releases_callback_and_args(loop):
+    payload = Payload()
+    ref = weakref.ref(payload)
+    h = loop.call_later(3600, named_callback, payload)
+    s = loop.call_soon(named_callback, payload)
+    del payload
+    gc.collect()
+    assert ref() is not None  # the loop holds it while scheduled
+    h.cancel()
+    s.cancel()
+    run_one_iteration(loop)
+    gc.collect()
+    assert ref() is None, "cancelled handles kept their callback's arguments"
+
+
+def test_loop_releases_callbacks_after_running(loop):
+    payload = Payload()
+    ref = weakref.ref(payload)
+    loop.call_soon(named_callback, payload)
+    loop.call_later(0, named_callback, payload)
+    del payload
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert ref() is None, "the loop kept references to callbacks it ran"
+
+
+def test_call_soon_rejects_unknown_keyword(loop):
+    with pytest.raises(TypeError):
+        loop.call_soon(named_callback, x=1)
+    with pytest.raises(TypeError):
+        loop.call_later(1, named_callback, x=1)
+
+
+def test_busy_call_soon_chain_does_not_starve_timers(loop):
+    """A callback that always reschedules itself keeps the ready queue non-empty;
+    timers must still fire (each iteration also looks at timers)."""
+    spins = [0]
+
+    def spin():
+        spins[0] += 1
+        loop.call_soon(spin)
+
+    loop.call_soon(spin)
+    loop.call_later(0.05, loop.stop)
+    t0 = time.monotonic()
+    loop.run_forever()
+    assert time.monotonic() - t0 < 2.0
+    assert spins[0] > 10
+
+
+def test_busy_call_soon_chain_does_not_starve_threadsafe(loop):
+    def spin():
+        loop.call_soon(spin)
+
+    def thread_main():
+        time.sleep(0.05)
+        loop.call_soon_threadsafe(loop.stop)
+
+    t = threading.Thread(target=thread_main)
+    loop.call_soon(spin)
+    t.start()
+    safety = loop.call_later(5, loop.stop)
+    t0 = time.monotonic()
+    loop.run_forever()
+    t.join()
+    safety.cancel()
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_no_current_task_in_plain_callback(loop):
+    seen = []
+    loop.call_soon(lambda: seen.append(asyncio.current_task()))
+    run_one_iteration(loop)
+    assert seen == [None]
+
+
+@pytest.mark.parametrize("kind", ["call_soon", "call_later"])
+def test_handle_reference_cycle_is_collected(loop, kind):
+    """payload -> handle -> callback args -> payload: once the handle is out of
+    the loop's queues, the cycle is garbage the collector can free."""
+    payload = Payload()
+    ref = weakref.ref(payload)
+    if kind == "call_soon":
+        payload.handle = loop.call_soon(named_callback, payload)
+    else:
+        payload.handle = loop.call_later(3600, named_callback, payload)
+        payload.handle.cancel()
+    del payload
+    run_one_iteration(loop)
+    gc.collect()
+    assert ref() is None

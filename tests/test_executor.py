@@ -47,7 +47,12 @@ def test_default_executor_is_reused(loop, run):
 
     async def main():
         first = await loop.run_in_executor(None, ident)
-        again = [await loop.run_in_executor(None, ident) for _ in range(3)]
+        again = []
+        for _ in range(3):
+            # The worker marks itself idle just after it hands back the
+            # result; give it that moment, or the pool starts a new thread.
+            await asyncio.sleep(0.05)
+            again.append(await loop.run_in_executor(None, ident))
         return first, again
 
     first, again = run(main())

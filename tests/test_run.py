@@ -4,8 +4,10 @@ is_running, is_closed, and the errors asyncio raises around them."""
 import asyncio
 import concurrent.futures
 import gc
+import signal
 import threading
 import time
+import warnings
 import weakref
 
 import pytest
@@ -484,3 +486,53 @@ def test_exception_handler_unaffected_by_errors_in_run_until_complete(loop, run)
         run(main())
     # The error went to the caller, not to the exception handler.
     assert handler.contexts == []
+
+
+@pytest.mark.parametrize("pending", [False, True], ids=["idle", "pending"])
+@pytest.mark.parametrize("close_first", [True, False], ids=["closed", "unclosed"])
+def test_dropped_loop_is_garbage_collected(loop_factory, close_first, pending):
+    lp = loop_factory()
+    lp.run_until_complete(asyncio.sleep(0.001))
+    if pending:
+        # Callbacks referring back to the loop: reference cycles through the
+        # loop's queues, which the garbage collector must be able to see.
+        lp.call_soon(lp.stop)
+        lp.call_later(3600, lp.stop)
+        lp.call_at(lp.time() + 1, lp.call_soon, lp.stop)
+    if close_first:
+        lp.close()
+    ref = weakref.ref(lp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del lp
+        gc.collect()
+    assert ref() is None, "the loop outlived its last reference"
+
+
+def test_sigint_interrupts_sleeping_loop(loop):
+    """Ctrl-C while the loop waits for a far timer: KeyboardInterrupt comes out
+    of run_forever promptly (the wait does not block signal handling)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread")
+    loop.call_later(3600, lambda: None)
+    safety = loop.call_later(5, loop.stop)
+    sent = []
+
+    def send():
+        time.sleep(0.2)
+        sent.append(time.monotonic())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    t = threading.Thread(target=send)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        latency = time.monotonic() - sent[0]
+    finally:
+        t.join()
+        signal.signal(signal.SIGINT, old)
+        safety.cancel()
+    assert not loop.is_running()
+    assert latency < 1.0, "KeyboardInterrupt after {:.3f}s".format(latency)

@@ -157,7 +157,7 @@ def test_call_soon_threadsafe_racing_close(loop_factory):
     """Threads hammer call_soon_threadsafe while the loop runs, stops and closes:
     the only error they may see is RuntimeError('Event loop is closed'), and
     they all see it once the loop is closed."""
-    for _ in range(10):
+    for _ in range(20):
         lp = loop_factory()
         unexpected = []
         closed_seen = []
@@ -165,7 +165,11 @@ def test_call_soon_threadsafe_racing_close(loop_factory):
 
         def hammer():
             go.wait(5)
+            i = 0
             while True:
+                i += 1
+                if i % 64 == 0:
+                    time.sleep(0)  # let the loop thread have the GIL too
                 try:
                     lp.call_soon_threadsafe(noop)
                 except RuntimeError as exc:
@@ -195,14 +199,18 @@ def test_call_soon_threadsafe_racing_close(loop_factory):
 
 def test_call_soon_threadsafe_racing_close_of_idle_loop(loop_factory):
     """Same race, the loop never ran: close() while threads schedule."""
-    for _ in range(10):
+    for _ in range(20):
         lp = loop_factory()
         unexpected = []
         go = threading.Event()
 
         def hammer():
             go.wait(5)
+            i = 0
             while True:
+                i += 1
+                if i % 64 == 0:
+                    time.sleep(0)
                 try:
                     lp.call_soon_threadsafe(noop)
                 except RuntimeError as exc:
@@ -345,3 +353,28 @@ def test_call_soon_threadsafe_allowed_from_other_thread_in_any_mode(loop, debug)
     safety.cancel()
     assert errors == []
     assert got == ["from thread"]
+
+
+def test_close_from_other_thread_while_running_raises(loop_factory):
+    lp = loop_factory()
+    running = threading.Event()
+    errors = []
+
+    def thread_main():
+        lp.call_soon(running.set)
+        lp.run_forever()
+
+    t = threading.Thread(target=thread_main)
+    t.start()
+    try:
+        assert running.wait(5)
+        try:
+            lp.close()
+        except RuntimeError as exc:
+            errors.append(exc)
+        assert not lp.is_closed()
+    finally:
+        lp.call_soon_threadsafe(lp.stop)
+        t.join(5)
+        lp.close()
+    assert [str(e) for e in errors] == ["Cannot close a running event loop"]

@@ -323,3 +323,56 @@ def test_many_call_later_cancel_memory_is_flat(loop):
     # 1,000,000 leaked handles would be >= 1,000,000 blocks / tens of MB.
     assert blocks1 - blocks0 < 50_000, blocks1 - blocks0
     assert rss1 - rss0 < 25 * 2**20, (rss1 - rss0) / 2**20
+
+
+def test_timer_handle_when_after_cancel(loop):
+    when = loop.time() + 50
+    h = loop.call_at(when, noop)
+    h.cancel()
+    assert h.when() == when
+
+
+def test_timer_handles_are_hashable(loop):
+    now = loop.time()
+    h1 = loop.call_at(now + 10, noop)
+    h2 = loop.call_at(now + 20, noop)
+    assert len({h1, h2}) == 2
+    h1.cancel()
+    h2.cancel()
+
+
+def test_timer_cancelled_by_timer_due_in_same_iteration(loop):
+    """Both timers are due in one iteration; the first cancels the second,
+    which then must not run."""
+    fired = []
+    handles = {}
+    when = loop.time() + 0.01
+
+    def first():
+        fired.append("first")
+        handles["second"].cancel()
+
+    handles["first"] = loop.call_at(when, first)
+    handles["second"] = loop.call_at(when + 1e-6, fired.append, "second")
+    loop.call_at(when + 0.03, loop.stop)
+    # Let both become due before the loop looks at them.
+    time.sleep(0.02)
+    loop.run_forever()
+    assert fired == ["first"]
+
+
+def test_many_timers_fire_in_order_and_never_early(loop):
+    rnd = random.Random(7)
+    n = 100_000
+    base = loop.time() + 0.02
+    fired = []
+    append = fired.append
+    whens = [base + rnd.uniform(0, 0.2) for _ in range(n)]
+    for i, when in enumerate(whens):
+        loop.call_at(when, lambda i=i: append((i, loop.time())))
+    loop.call_at(base + 0.3, loop.stop)
+    loop.run_forever()
+    assert len(fired) == n
+    order = [i for i, _ in fired]
+    assert [whens[i] for i in order] == sorted(whens)
+    assert all(t >= whens[i] for i, t in fired)

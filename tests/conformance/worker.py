@@ -33,7 +33,6 @@ import argparse
 import faulthandler
 import importlib
 import inspect
-import io
 import json
 import os
 import signal
@@ -73,6 +72,7 @@ class LoopCounter:
         self.types = {}
         self._lock = threading.Lock()
         self._local = threading.local()
+        self.silent = False
 
     def __call__(self):
         # A factory such as ``asyncio:new_event_loop`` goes back through the
@@ -85,12 +85,18 @@ class LoopCounter:
             loop = self.factory()
         finally:
             self._local.depth = 0
+        self.adopt(loop)
+        return loop
+
+    def adopt(self, loop):
         tp = type(loop)
         name = f"{tp.__module__}.{tp.__qualname__}"
         with self._lock:
             self.count += 1
+            n = self.count
             self.types[name] = self.types.get(name, 0) + 1
-        return loop
+        if not self.silent:
+            emit("loop", n=n, type=name)
 
 
 def resolve_factory(spec):
@@ -118,6 +124,7 @@ def install_loop(counter):
     policy_cls._loop_factory = staticmethod(counter)
     # Drop any policy instance created before the patch (harmless otherwise).
     asyncio.set_event_loop_policy(None)
+    counter.silent = True
     # asyncio.run()/asyncio.Runner() without loop_factory call
     # events.new_event_loop() -> policy -> _loop_factory; IsolatedAsyncioTestCase
     # uses asyncio.Runner.  Verify the chain end to end.
@@ -128,6 +135,7 @@ def install_loop(counter):
                            "did not go through the factory")
     counter.count = 0
     counter.types.clear()
+    counter.silent = False
 
 
 def install_harness_shims():
@@ -215,6 +223,7 @@ def _instrumentable(loop, counter, notes):
     sub = type(tp.__name__, (tp,), {"__module__": tp.__module__,
                                      "__qualname__": tp.__qualname__})
     new = sub()
+    counter.adopt(new)
     msg = (f"{tp.__module__}.{tp.__qualname__} instances take no attributes: "
            "instrumented via a trivial subclass")
     if msg not in notes:
@@ -374,7 +383,14 @@ def _format_err(err, limit_head=12, limit_tail=4):
     if mod not in ("builtins", None):
         name = f"{mod}.{name}"
     exception = f"{name}: {msg}" if msg else name
-    return exception[:300], "\n".join(lines)[:4000]
+    # Innermost frame: tells apart message-less exceptions (NotImplementedError)
+    where = ""
+    t = tb
+    while t is not None:
+        co = t.tb_frame.f_code
+        where = f"{os.path.basename(co.co_filename)}:{t.tb_lineno} in {co.co_name}"
+        t = t.tb_next
+    return exception[:300], "\n".join(lines)[:4000], where
 
 
 class StreamingResult(unittest.TestResult):
@@ -407,6 +423,8 @@ class StreamingResult(unittest.TestResult):
         if details:
             ev["exception"] = details[0]["exception"]
             ev["traceback"] = details[0]["traceback"]
+            if details[0].get("where"):
+                ev["where"] = details[0]["where"]
             if details[0].get("subtest"):
                 ev["subtest"] = details[0]["subtest"]
             if len(details) > 1:
@@ -447,13 +465,13 @@ class StreamingResult(unittest.TestResult):
 
     def addError(self, test, err):
         super().addError(test, err)
-        exc, tb = _format_err(err)
-        self._record(test, "error", {"exception": exc, "traceback": tb})
+        exc, tb, where = _format_err(err)
+        self._record(test, "error", {"exception": exc, "traceback": tb, "where": where})
 
     def addFailure(self, test, err):
         super().addFailure(test, err)
-        exc, tb = _format_err(err)
-        self._record(test, "failure", {"exception": exc, "traceback": tb})
+        exc, tb, where = _format_err(err)
+        self._record(test, "failure", {"exception": exc, "traceback": tb, "where": where})
 
     def addSkip(self, test, reason):
         super().addSkip(test, reason)
@@ -476,10 +494,10 @@ class StreamingResult(unittest.TestResult):
         super().addSubTest(test, subtest, err)
         if err is None:
             return
-        exc, tb = _format_err(err)
+        exc, tb, where = _format_err(err)
         is_failure = issubclass(err[0], test.failureException)
         self._record(test, "failure" if is_failure else "error",
-                     {"exception": exc, "traceback": tb},
+                     {"exception": exc, "traceback": tb, "where": where},
                      sub=subtest._subDescription())
 
 
@@ -502,6 +520,20 @@ def main():
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
 
+    # If run.py goes away (killed by CI, say), take our process group down.
+    parent = os.getppid()
+
+    def watch_parent():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                try:
+                    os.killpg(0, signal.SIGKILL)
+                finally:
+                    os._exit(70)
+    threading.Thread(target=watch_parent, name="conformance-parent-watch",
+                     daemon=True).start()
+
     skip = set()
     if args.skip_file:
         with open(args.skip_file, encoding="utf-8") as f:
@@ -517,28 +549,30 @@ def main():
         factory = resolve_factory(args.loop)
         counter = LoopCounter(factory, asyncio.DefaultEventLoopPolicy._loop_factory)
         install_loop(counter)
-    except BaseException as e:
-        exc, tb = _format_err(sys.exc_info())
+    except BaseException:
+        exc, tb, _ = _format_err(sys.exc_info())
         emit("fatal", stage="loop", exception=exc, traceback=tb)
-        _progress.flush()
         os._exit(3)
 
     try:
         install_harness_shims()
+    except Exception as e:     # harness changed in some future version
+        notes.append(f"WARNING: harness shim not installed: {e!r}")
+    try:
         mod = importlib.import_module(f"test.test_asyncio.{modname}")
     except unittest.SkipTest as e:
         emit("module_skipped", reason=str(e))
         emit("done", loops=counter.count, loop_types=counter.types, notes=notes)
         os._exit(0)
     except BaseException:
-        exc, tb = _format_err(sys.exc_info())
+        exc, tb, _ = _format_err(sys.exc_info())
         emit("fatal", stage="import", exception=exc, traceback=tb)
         os._exit(3)
 
     try:
         suite = build_suite(mod, modname, counter, notes)
     except BaseException:
-        exc, tb = _format_err(sys.exc_info())
+        exc, tb, _ = _format_err(sys.exc_info())
         emit("fatal", stage="collect", exception=exc, traceback=tb)
         os._exit(3)
 
@@ -552,7 +586,7 @@ def main():
     try:
         suite.run(result)
     except BaseException:
-        exc, tb = _format_err(sys.exc_info())
+        exc, tb, _ = _format_err(sys.exc_info())
         emit("fatal", stage="run", exception=exc, traceback=tb)
     emit("done", loops=counter.count, loop_types=counter.types,
          duration=round(time.monotonic() - t0, 3), notes=notes)
