@@ -16,6 +16,7 @@ use crate::tasks::{self, TaskEntry, TaskState, Tasks};
 use crate::reactor::{Side, Watchers, WAKER_TOKEN};
 use crate::stdlib;
 use crate::timers::Timers;
+use crate::transports::StreamTransport;
 use inspector::Recorder;
 use mio::{Events, Poll, Registry, Waker};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyValueError};
@@ -151,7 +152,7 @@ impl LoopCore {
         let queued = handle.clone_ref(py);
         self.state.with(py, |s| {
             let queued_ns = s.now_ns;
-            s.ready.push_back(Ready { handle: queued, queued_ns })
+            s.ready.push_back(Ready::Call { handle: queued, queued_ns })
         });
         Ok(handle)
     }
@@ -241,7 +242,7 @@ impl LoopCore {
                     let readable = event.is_readable() || event.is_read_closed() || event.is_error();
                     let writable = event.is_writable() || event.is_write_closed() || event.is_error();
                     let State { watchers, ready, .. } = s;
-                    watchers.dispatch(py, event.token().0 as RawFd, readable, writable, poll_end, ready);
+                    watchers.dispatch(py, event.token().0 as RawFd, readable, writable, event.is_read_closed(), poll_end, ready);
                 }
                 let now = clock::ns_to_secs(clock::now_ns());
                 let State { timers, ready, recorder, .. } = s;
@@ -259,8 +260,28 @@ impl LoopCore {
         let mut t0 = clock::now_ns();
         let busy_start = t0;
         for _ in 0..ntodo {
-            let Some(Ready { handle, queued_ns }) = self.state.with(py, |s| s.ready.pop_front()) else {
+            let Some(entry) = self.state.with(py, |s| s.ready.pop_front()) else {
                 break; // the loop was closed by a callback
+            };
+            let (handle, queued_ns) = match entry {
+                Ready::Call { handle, queued_ns } => (handle, queued_ns),
+                Ready::Io { transport, readable, writable, read_closed, queued_ns } => {
+                    // Socket I/O straight into the protocol: no Handle, no site lookup.
+                    let result = StreamTransport::on_events(transport.bind(py), readable, writable, read_closed);
+                    let t1 = clock::now_ns();
+                    let took = t1 - t0;
+                    let lag = t0.saturating_sub(queued_ns);
+                    t0 = t1;
+                    self.state.with(py, |s| {
+                        s.now_ns = t1;
+                        s.recorder.callback(took);
+                        if s.recorder.enabled {
+                            s.lag.saturating_record(lag.max(1));
+                        }
+                    });
+                    result?;
+                    continue;
+                }
             };
             let h = handle.get();
             if h.is_cancelled() {
@@ -445,7 +466,10 @@ impl LoopCore {
         self.state
             .try_peek(|s| {
                 for r in &s.ready {
-                    visit.call(&r.handle)?;
+                    match r {
+                        Ready::Call { handle, .. } => visit.call(handle)?,
+                        Ready::Io { transport, .. } => visit.call(transport)?,
+                    }
                 }
                 s.timers.traverse(&visit)?;
                 s.watchers.traverse(&visit)?;
@@ -744,6 +768,7 @@ impl LoopCore {
         d.set_item("timers_pending", timers - timers_cancelled.min(timers))?;
         d.set_item("timers_in_heap", timers)?;
         d.set_item("fds_registered", fds)?;
+        d.set_item("transports_open", self.state.with(py, |s| s.watchers.transport_count()))?;
         let cb = PyDict::new(py);
         cb.set_item("count", snap.callback_count)?;
         cb.set_item("p50", snap.callback_p50_ns as f64 / 1e9)?;
@@ -824,12 +849,36 @@ impl LoopCore {
     fn drop_scheduled(&self, py: Python<'_>) {
         let mut timers = Vec::new();
         let mut handles = Vec::new();
+        let mut transports = Vec::new();
         let (ready, task_entries) = self.state.with(py, |s| {
             s.timers.clear(py, &mut timers);
-            s.watchers.clear(&self.registry, &mut handles);
+            s.watchers.clear(&self.registry, &mut handles, &mut transports);
             (std::mem::take(&mut s.ready), s.tasks.clear())
         });
-        drop((ready, timers, handles, task_entries));
+        drop((ready, timers, handles, transports, task_entries));
+    }
+
+    /// Registers a Rust transport's fd for the transport's life.
+    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
+        self.check_closed()?;
+        let old = self.state.with(py, |s| s.watchers.add_transport(&self.registry, fd, transport)).map_err(os_error)?;
+        drop(old);
+        Ok(())
+    }
+
+    pub(crate) fn deregister_transport(&self, py: Python<'_>, fd: RawFd) {
+        let old = self.state.with(py, |s| s.watchers.remove_transport(&self.registry, fd));
+        drop(old);
+    }
+
+    /// Queues I/O work for a transport in the next iteration (reads that may have
+    /// more waiting, and reads after resume_reading, which raise no new event).
+    pub(crate) fn queue_io(&self, py: Python<'_>, transport: Py<StreamTransport>, readable: bool, writable: bool) {
+        self.state.with(py, |s| {
+            let queued_ns = s.now_ns;
+            // No event tells us whether a FIN is waiting: read until EAGAIN or EOF.
+            s.ready.push_back(Ready::Io { transport, readable, writable, read_closed: true, queued_ns })
+        });
     }
 
     fn add_watcher(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, side: Side, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {

@@ -34,10 +34,28 @@ pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     }
 }
 
-/// A handle in the ready queue, with when it became ready (for loop lag).
-pub struct Ready {
-    pub handle: Py<Handle>,
-    pub queued_ns: u64,
+/// An entry of the ready queue, with when it became ready (for loop lag).
+pub enum Ready {
+    /// A scheduled callback.
+    Call { handle: Py<Handle>, queued_ns: u64 },
+    /// A Rust transport whose socket is ready: no Python handle involved.
+    /// `read_closed`: the peer's FIN may be waiting behind the data (see stream.rs).
+    Io { transport: Py<crate::transports::StreamTransport>, readable: bool, writable: bool, read_closed: bool, queued_ns: u64 },
+}
+
+/// Runs `f` with `ctx` (a `contextvars.Context`) entered, as `Context.run` would.
+pub fn with_context<R>(py: Python<'_>, ctx: &Py<PyAny>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+    let ptr = ctx.as_ptr();
+    // SAFETY: GIL held; `ctx` outlives the call. Enter fails without side effects.
+    if unsafe { PyContext_Enter(ptr) } != 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = f();
+    // SAFETY: entered just above, on this thread.
+    if unsafe { PyContext_Exit(ptr) } != 0 {
+        return Err(PyErr::fetch(py));
+    }
+    result
 }
 
 struct Callback {

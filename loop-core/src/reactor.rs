@@ -6,6 +6,7 @@
 //! poll: the kernel then re-queues the fd if it is still ready.
 
 use crate::handles::{Handle, Ready};
+use crate::transports::StreamTransport;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use pyo3::prelude::*;
@@ -38,6 +39,8 @@ impl Watcher {
 #[derive(Default)]
 pub struct Watchers {
     fds: HashMap<RawFd, Watcher>,
+    /// fds owned by Rust transports (registered edge-triggered, read and write, for life).
+    transports: HashMap<RawFd, Py<StreamTransport>>,
     /// fds whose callbacks ran since the last poll: re-armed before the next one.
     fired: Vec<RawFd>,
 }
@@ -96,14 +99,34 @@ impl Watchers {
         self.fds.get(&fd).map(|w| (w.reader.is_some(), w.writer.is_some()))
     }
 
+    pub fn add_transport(&mut self, registry: &Registry, fd: RawFd, transport: Py<StreamTransport>) -> io::Result<Option<Py<StreamTransport>>> {
+        registry.register(&mut SourceFd(&fd), Token(fd as usize), Interest::READABLE | Interest::WRITABLE)?;
+        Ok(self.transports.insert(fd, transport))
+    }
+
+    pub fn remove_transport(&mut self, registry: &Registry, fd: RawFd) -> Option<Py<StreamTransport>> {
+        let t = self.transports.remove(&fd)?;
+        let _ = registry.deregister(&mut SourceFd(&fd));
+        Some(t)
+    }
+
+    pub fn transport_count(&self) -> usize {
+        self.transports.len()
+    }
+
     /// Queues the callbacks for one poll event.
-    pub fn dispatch(&mut self, py: Python<'_>, fd: RawFd, readable: bool, writable: bool, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch(&mut self, py: Python<'_>, fd: RawFd, readable: bool, writable: bool, read_closed: bool, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>) {
+        if let Some(t) = self.transports.get(&fd) {
+            ready.push_back(Ready::Io { transport: t.clone_ref(py), readable, writable, read_closed, queued_ns: now_ns });
+            return;
+        }
         let Some(w) = self.fds.get(&fd) else { return };
         let mut fired = false;
         if readable {
             if let Some(h) = &w.reader {
                 if !h.get().is_cancelled() {
-                    ready.push_back(Ready { handle: h.clone_ref(py), queued_ns: now_ns });
+                    ready.push_back(Ready::Call { handle: h.clone_ref(py), queued_ns: now_ns });
                     fired = true;
                 }
             }
@@ -111,7 +134,7 @@ impl Watchers {
         if writable {
             if let Some(h) = &w.writer {
                 if !h.get().is_cancelled() {
-                    ready.push_back(Ready { handle: h.clone_ref(py), queued_ns: now_ns });
+                    ready.push_back(Ready::Call { handle: h.clone_ref(py), queued_ns: now_ns });
                     fired = true;
                 }
             }
@@ -141,11 +164,18 @@ impl Watchers {
             visit.call(&w.reader)?;
             visit.call(&w.writer)?;
         }
+        for t in self.transports.values() {
+            visit.call(t)?;
+        }
         Ok(())
     }
 
     /// Drops every watcher (loop close); handles go to `garbage`.
-    pub fn clear(&mut self, registry: &Registry, garbage: &mut Vec<Py<Handle>>) {
+    pub fn clear(&mut self, registry: &Registry, garbage: &mut Vec<Py<Handle>>, transports: &mut Vec<Py<StreamTransport>>) {
+        for (fd, t) in self.transports.drain() {
+            let _ = registry.deregister(&mut SourceFd(&fd));
+            transports.push(t);
+        }
         for (fd, mut w) in self.fds.drain() {
             if w.registered.is_some() {
                 let _ = registry.deregister(&mut SourceFd(&fd));

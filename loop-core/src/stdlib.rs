@@ -24,3 +24,4 @@ cached_attr!(format_handle, "asyncio.base_events", "_format_handle");
 cached_attr!(asyncio_logger, "asyncio.log", "logger");
 cached_attr!(iscoroutine, "asyncio.coroutines", "iscoroutine");
 cached_attr!(iscoroutinefunction, "asyncio.coroutines", "iscoroutinefunction");
+cached_attr!(server_detach, "glassloop._loop", "_server_detach");

@@ -112,7 +112,7 @@ impl Timers {
             handle.get().unschedule();
             on_fire(now - entry.when);
             let queued_ns = crate::clock::secs_to_ns_ceil(entry.when);
-            ready.push_back(Ready { handle: entry.handle.into_bound(py).into_super().unbind(), queued_ns });
+            ready.push_back(Ready::Call { handle: entry.handle.into_bound(py).into_super().unbind(), queued_ns });
         }
     }
 

@@ -10,10 +10,12 @@ through `_add_reader`/`_add_writer`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import selectors
+import socket
 import sys
 import threading
-from asyncio import events
+from asyncio import events, futures
 from typing import Any
 
 from . import _core, _stacks
@@ -53,6 +55,75 @@ class _ReactorSelector(selectors.BaseSelector):
 
     def close(self) -> None:
         self._core = None  # type: ignore[assignment]
+
+
+def _server_takes_transport() -> bool:
+    # Server._attach()/_detach() take the transport from Python 3.13 on (and in late 3.12 patches).
+    return len(inspect.signature(asyncio.base_events.Server._attach).parameters) > 1
+
+
+_SERVER_TAKES_TRANSPORT = _server_takes_transport()
+
+
+def _server_attach(server: Any, transport: Any) -> None:
+    if _SERVER_TAKES_TRANSPORT:
+        server._attach(transport)
+    else:
+        server._attach()
+
+
+def _server_detach(server: Any, transport: Any) -> None:
+    if _SERVER_TAKES_TRANSPORT:
+        server._detach(transport)
+    else:
+        server._detach()
+
+
+class StreamTransport(asyncio.transports._FlowControlMixin):
+    """A TCP or Unix stream transport whose data path is in Rust.
+
+    A real `asyncio.Transport` (a `_FlowControlMixin`, as asyncio's own socket
+    transports are, which `loop.sendfile()`'s fallback requires); its methods are
+    the Rust core's own, bound into the instance so a call costs no Python frame.
+    """
+
+    _sendfile_compatible = asyncio.constants._SendfileMode.FALLBACK
+    _start_tls_compatible = True
+
+    def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, extra: dict | None, server: Any) -> None:
+        core = _core.StreamTransportCore(loop, sock, protocol, extra, server)
+        self._core = core
+        self._loop = loop
+        for name in _CORE_METHODS:
+            setattr(self, name, getattr(core, name))
+        core._set_facade(self)
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
+
+    @property
+    def _extra(self) -> dict:
+        return self._core._extra
+
+    @property
+    def _sock(self) -> socket.socket | None:
+        return self._core._sock
+
+    @property
+    def _sock_fd(self) -> int:
+        return self._core._sock_fd
+
+    def __repr__(self) -> str:
+        return repr(self._core).replace("StreamTransport", type(self).__name__, 1)
+
+
+_CORE_METHODS = (
+    "write", "writelines", "write_eof", "can_write_eof", "abort", "close", "is_closing",
+    "pause_reading", "resume_reading", "is_reading", "get_write_buffer_size",
+    "get_write_buffer_limits", "set_write_buffer_limits", "set_protocol", "get_protocol",
+    "get_extra_info", "_start_reading", "_call_connection_lost",
+)
 
 
 def _run_foreign_handle(handle: asyncio.Handle) -> None:
@@ -97,6 +168,22 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         """Close the loop: drop pending callbacks, shut down the default executor."""
         super().close()
         self._close_core()
+
+    # Connections made by asyncio's create_connection/create_server/connect_accepted_socket
+    # (and their Unix variants) get a Rust transport; the rest keep asyncio's.
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+        self._ensure_fd_no_transport(sock)
+        transport = StreamTransport(self, sock, protocol, extra, server)
+        self._transports[sock.fileno()] = transport
+        if server is not None:
+            _server_attach(server, transport)
+        self.call_soon(protocol.connection_made, transport)
+        self.call_soon(transport._start_reading)
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
 
     # asyncio's Python code schedules through these private entry points.
     def _call_soon(self, callback, args, context):

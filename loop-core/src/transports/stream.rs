@@ -1,0 +1,993 @@
+//! `StreamTransport`: TCP and Unix stream sockets, with the data path in Rust.
+//!
+//! The fd is registered edge-triggered for reading and writing once, for the
+//! transport's life, so pausing, resuming and buffering never cost a syscall
+//! beyond the reads and writes themselves. Reads go straight to the protocol
+//! (`data_received(bytes)`, or `get_buffer()` + `recv_into` + `buffer_updated(n)`
+//! for a `BufferedProtocol`); writes go straight to the socket and only what the
+//! kernel did not take is buffered. Protocol callbacks run in the context that
+//! was current when the transport was made, as asyncio's selector loop does.
+//!
+//! Because readiness is edge-triggered, a read that fills the whole buffer (so
+//! more may be waiting) queues the transport again for the next iteration, and
+//! `resume_reading()` queues a read: no data is left behind without an event.
+
+use super::write_buffer::WriteBuffer;
+use crate::event_loop::LoopCore;
+use crate::gil_cell::GilCell;
+use crate::handles::with_context;
+use crate::stdlib;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use std::cell::RefCell;
+use std::io;
+use std::os::unix::io::RawFd;
+
+/// asyncio's default write-buffer high-water mark.
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// One read takes at most this much (asyncio's selector transports read 256 KiB).
+const MAX_READ: usize = 256 * 1024;
+/// asyncio warns once a closed transport has been written to this many times.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+thread_local! {
+    // Each loop thread reads into one buffer; data_received gets a bytes copy of
+    // what was read, as with any socket.recv().
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+}
+
+struct Protocol {
+    obj: Py<PyAny>,
+    buffered: bool,
+    data_received: Option<Py<PyAny>>,
+    get_buffer: Option<Py<PyAny>>,
+    buffer_updated: Option<Py<PyAny>>,
+}
+
+/// Counters for the transport table.
+#[derive(Default, Clone, Copy)]
+pub struct StreamStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub calls_in: u64,
+    pub calls_out: u64,
+    pub high_water: usize,
+}
+
+struct Inner {
+    loop_obj: Option<Py<PyAny>>,
+    /// The `asyncio.Transport` object users and protocols see (glassloop._loop.StreamTransport).
+    facade: Option<Py<PyAny>>,
+    sock: Option<Py<PyAny>>,
+    protocol: Option<Protocol>,
+    server: Option<Py<PyAny>>,
+    buffer: WriteBuffer,
+    closing: bool,
+    /// write_eof() was called.
+    eof: bool,
+    paused: bool,
+    /// Reading has begun (after connection_made, as asyncio does).
+    started: bool,
+    /// eof_received() asked to keep the transport open: no more reads.
+    read_done: bool,
+    conn_lost: u32,
+    protocol_paused: bool,
+    high: usize,
+    low: usize,
+    stats: StreamStats,
+}
+
+#[pyclass(frozen, weakref, module = "glassloop._core", name = "StreamTransportCore")]
+pub struct StreamTransport {
+    fd: RawFd,
+    context: Py<PyAny>,
+    extra: Py<PyDict>,
+    inner: GilCell<Inner>,
+}
+
+fn os_error_from_errno(errno: i32) -> PyErr {
+    PyOSError::new_err((errno, io::Error::from_raw_os_error(errno).to_string()))
+}
+
+fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+/// `send(2)` until everything went or the kernel is full. Returns bytes sent.
+fn send_all(fd: RawFd, mut data: &[u8]) -> Result<usize, i32> {
+    let mut sent = 0;
+    while !data.is_empty() {
+        // SAFETY: `data` is a valid slice; MSG_NOSIGNAL so a dead peer is an error, not SIGPIPE.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+            match errno {
+                libc::EINTR => continue,
+                libc::EAGAIN => break,
+                _ => return Err(errno),
+            }
+        }
+        sent += n as usize;
+        data = &data[n as usize..];
+    }
+    Ok(sent)
+}
+
+/// `sendmsg(2)` of several buffers at once (for writelines), until all went or EAGAIN.
+fn send_vectored(fd: RawFd, parts: &[&[u8]]) -> Result<usize, i32> {
+    const MAX_IOV: usize = 512;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut sent = 0;
+    while sent < total {
+        let mut skip = sent;
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(parts.len().min(MAX_IOV));
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            let rest = &p[skip..];
+            skip = 0;
+            iov.push(libc::iovec { iov_base: rest.as_ptr() as *mut _, iov_len: rest.len() });
+            if iov.len() == MAX_IOV {
+                break;
+            }
+        }
+        // SAFETY: a zeroed msghdr is valid; iov points into live slices for the call.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len() as _;
+            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+        };
+        if n < 0 {
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+            match errno {
+                libc::EINTR => continue,
+                libc::EAGAIN => break,
+                _ => return Err(errno),
+            }
+        }
+        sent += n as usize;
+    }
+    Ok(sent)
+}
+
+enum ReadOutcome {
+    /// Nothing to read (EAGAIN).
+    Drained,
+    /// Read less than asked: drained, unless the peer's FIN is also waiting.
+    Short,
+    /// The read filled the buffer: more may be waiting.
+    More,
+    Eof,
+    Closed,
+}
+
+impl StreamTransport {
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn stats(&self, py: Python<'_>) -> StreamStats {
+        self.inner.with(py, |i| {
+            let mut s = i.stats;
+            s.high_water = i.buffer.high_water;
+            s
+        })
+    }
+
+    /// The object to show to Python (exception handler contexts, logs, the server).
+    fn public<'py>(slf: &Bound<'py, Self>) -> Bound<'py, PyAny> {
+        let py = slf.py();
+        match slf.get().inner.with(py, |i| i.facade.as_ref().map(|f| f.clone_ref(py))) {
+            Some(f) => f.into_bound(py),
+            None => slf.clone().into_any(),
+        }
+    }
+
+    fn loop_obj<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.inner.with(py, |i| i.loop_obj.as_ref().map(|l| l.clone_ref(py))).map(|l| l.into_bound(py))
+    }
+
+    fn core<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
+        self.loop_obj(py).and_then(|l| l.cast_into::<LoopCore>().ok())
+    }
+
+    fn protocol_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.with(py, |i| i.protocol.as_ref().map(|p| p.obj.clone_ref(py)))
+    }
+
+    /// The loop calls this when the fd is ready; errors are only SystemExit/KeyboardInterrupt.
+    /// `read_closed`: the event said the peer shut down its side (or the read was
+    /// queued by us, with no event to tell): a short read then does not mean drained,
+    /// because the FIN raised no edge of its own.
+    pub fn on_events(slf: &Bound<'_, Self>, readable: bool, writable: bool, read_closed: bool) -> PyResult<()> {
+        let this = slf.get();
+        let py = slf.py();
+        with_context(py, &this.context, || {
+            if readable {
+                match Self::read_ready(slf)? {
+                    ReadOutcome::Short if read_closed => {
+                        if let Some(core) = this.core(py) {
+                            core.get().queue_io(py, slf.clone().unbind(), true, false);
+                        }
+                    }
+                    ReadOutcome::More => {
+                        if let Some(core) = this.core(py) {
+                            core.get().queue_io(py, slf.clone().unbind(), true, false);
+                        }
+                    }
+                    ReadOutcome::Eof => Self::on_eof(slf)?,
+                    ReadOutcome::Short | ReadOutcome::Drained | ReadOutcome::Closed => {}
+                }
+            }
+            if writable {
+                Self::write_ready(slf)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn read_ready(slf: &Bound<'_, Self>) -> PyResult<ReadOutcome> {
+        let this = slf.get();
+        let py = slf.py();
+        let proto = this.inner.with(py, |i| {
+            if i.conn_lost > 0 || i.closing || i.paused || !i.started || i.read_done {
+                return None;
+            }
+            i.protocol.as_ref().map(|p| {
+                (
+                    p.buffered,
+                    p.data_received.as_ref().map(|c| c.clone_ref(py)),
+                    p.get_buffer.as_ref().map(|c| c.clone_ref(py)),
+                    p.buffer_updated.as_ref().map(|c| c.clone_ref(py)),
+                )
+            })
+        });
+        let Some((buffered, data_received, get_buffer, buffer_updated)) = proto else {
+            return Ok(ReadOutcome::Closed);
+        };
+        if buffered {
+            Self::read_into_protocol_buffer(slf, get_buffer, buffer_updated)
+        } else {
+            Self::read_to_bytes(slf, data_received)
+        }
+    }
+
+    fn read_to_bytes(slf: &Bound<'_, Self>, data_received: Option<Py<PyAny>>) -> PyResult<ReadOutcome> {
+        let this = slf.get();
+        let py = slf.py();
+        let read = READ_BUFFER.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            loop {
+                // SAFETY: the buffer is valid for MAX_READ bytes.
+                let n = unsafe { libc::recv(this.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n >= 0 {
+                    let n = n as usize;
+                    return Ok((n, PyBytes::new(py, &buf[..n])));
+                }
+                let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+                if errno != libc::EINTR {
+                    return Err(errno);
+                }
+            }
+        });
+        let (n, data) = match read {
+            Ok(r) => r,
+            Err(libc::EAGAIN) => return Ok(ReadOutcome::Drained),
+            Err(errno) => {
+                Self::fatal_error(slf, os_error_from_errno(errno), "Fatal read error on socket transport")?;
+                return Ok(ReadOutcome::Closed);
+            }
+        };
+        if n == 0 {
+            return Ok(ReadOutcome::Eof);
+        }
+        this.inner.with(py, |i| {
+            i.stats.bytes_in += n as u64;
+            i.stats.calls_in += 1;
+        });
+        let result = match &data_received {
+            Some(cb) => cb.bind(py).call1((data,)).map(drop),
+            None => Err(PyTypeError::new_err("protocol has no data_received()")),
+        };
+        if let Err(err) = result {
+            if is_fatal_signal(py, &err) {
+                return Err(err);
+            }
+            Self::fatal_error(slf, err, "Fatal error: protocol.data_received() call failed.")?;
+            return Ok(ReadOutcome::Closed);
+        }
+        Ok(if n == MAX_READ { ReadOutcome::More } else { ReadOutcome::Short })
+    }
+
+    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, get_buffer: Option<Py<PyAny>>, buffer_updated: Option<Py<PyAny>>) -> PyResult<ReadOutcome> {
+        let this = slf.get();
+        let py = slf.py();
+        let buffer = (|| -> PyResult<PyBuffer<u8>> {
+            let obj = get_buffer.ok_or_else(|| PyTypeError::new_err("protocol has no get_buffer()"))?.bind(py).call1((-1,))?;
+            let buf = PyBuffer::<u8>::get(&obj)?;
+            if buf.readonly() || !buf.is_c_contiguous() {
+                return Err(PyTypeError::new_err("get_buffer() must return a writable, contiguous buffer"));
+            }
+            if buf.len_bytes() == 0 {
+                return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
+            }
+            Ok(buf)
+        })();
+        let buffer = match buffer {
+            Ok(b) => b,
+            Err(err) => {
+                if is_fatal_signal(py, &err) {
+                    return Err(err);
+                }
+                Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed.")?;
+                return Ok(ReadOutcome::Closed);
+            }
+        };
+        let len = buffer.len_bytes();
+        let n = loop {
+            // SAFETY: the buffer is writable and C-contiguous for `len` bytes, and stays
+            // exported (so it cannot move) until `buffer` is released below.
+            let n = unsafe { libc::recv(this.fd, buffer.buf_ptr(), len, 0) };
+            if n >= 0 {
+                break Ok(n as usize);
+            }
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+            if errno != libc::EINTR {
+                break Err(errno);
+            }
+        };
+        drop(buffer);
+        let n = match n {
+            Ok(n) => n,
+            Err(libc::EAGAIN) => return Ok(ReadOutcome::Drained),
+            Err(errno) => {
+                Self::fatal_error(slf, os_error_from_errno(errno), "Fatal read error on socket transport")?;
+                return Ok(ReadOutcome::Closed);
+            }
+        };
+        if n == 0 {
+            return Ok(ReadOutcome::Eof);
+        }
+        this.inner.with(py, |i| {
+            i.stats.bytes_in += n as u64;
+            i.stats.calls_in += 1;
+        });
+        let result = match &buffer_updated {
+            Some(cb) => cb.bind(py).call1((n,)).map(drop),
+            None => Err(PyTypeError::new_err("protocol has no buffer_updated()")),
+        };
+        if let Err(err) = result {
+            if is_fatal_signal(py, &err) {
+                return Err(err);
+            }
+            Self::fatal_error(slf, err, "Fatal error: protocol.buffer_updated() call failed.")?;
+            return Ok(ReadOutcome::Closed);
+        }
+        Ok(if n == len { ReadOutcome::More } else { ReadOutcome::Short })
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(lp) = this.loop_obj(py) {
+            if lp.call_method0("get_debug")?.is_truthy()? {
+                stdlib::asyncio_logger(py)?.call_method1("debug", ("%r received EOF", Self::public(slf)))?;
+            }
+        }
+        let Some(protocol) = this.protocol_obj(py) else { return Ok(()) };
+        match protocol.bind(py).call_method0("eof_received") {
+            Err(err) => {
+                if is_fatal_signal(py, &err) {
+                    return Err(err);
+                }
+                Self::fatal_error(slf, err, "Fatal error: protocol.eof_received() call failed.")
+            }
+            Ok(keep_open) => {
+                if keep_open.is_truthy()? {
+                    this.inner.with(py, |i| i.read_done = true);
+                    Ok(())
+                } else {
+                    Self::close(slf)
+                }
+            }
+        }
+    }
+
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let py = slf.py();
+        let sent = this.inner.with(py, |i| {
+            if i.conn_lost > 0 || i.buffer.is_empty() {
+                return None;
+            }
+            let r = send_all(this.fd, i.buffer.as_slice());
+            match r {
+                Ok(n) => {
+                    i.buffer.consume(n);
+                    if n > 0 {
+                        i.stats.bytes_out += n as u64;
+                        i.stats.calls_out += 1;
+                    }
+                    Some(Ok(i.buffer.is_empty()))
+                }
+                Err(errno) => {
+                    i.buffer.clear();
+                    Some(Err(errno))
+                }
+            }
+        });
+        match sent {
+            None => Ok(()),
+            Some(Err(errno)) => Self::fatal_error(slf, os_error_from_errno(errno), "Fatal write error on socket transport"),
+            Some(Ok(empty)) => {
+                Self::maybe_resume_protocol(slf)?;
+                if empty {
+                    let (closing, eof) = this.inner.with(py, |i| (i.closing, i.eof));
+                    if closing {
+                        Self::call_connection_lost(slf, None)?;
+                    } else if eof {
+                        // SAFETY: plain syscall on our fd.
+                        unsafe { libc::shutdown(this.fd, libc::SHUT_WR) };
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// asyncio's `_fatal_error`: report (quietly for OSError), then force-close.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(lp) = this.loop_obj(py) {
+            if err.is_instance_of::<PyOSError>(py) {
+                if lp.call_method0("get_debug")?.is_truthy()? {
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item("exc_info", err.value(py))?;
+                    stdlib::asyncio_logger(py)?.call_method("debug", ("%r: %s", Self::public(slf), message), Some(&kwargs))?;
+                }
+            } else {
+                let ctx = PyDict::new(py);
+                ctx.set_item("message", message)?;
+                ctx.set_item("exception", err.value(py))?;
+                ctx.set_item("transport", Self::public(slf))?;
+                ctx.set_item("protocol", this.protocol_obj(py))?;
+                lp.call_method1("call_exception_handler", (ctx,))?;
+            }
+        }
+        Self::force_close(slf, Some(err.into_value(py).into_any()))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let proceed = slf.get().inner.with(py, |i| {
+            if i.conn_lost > 0 {
+                return false;
+            }
+            i.buffer.clear();
+            i.closing = true;
+            i.conn_lost += 1;
+            true
+        });
+        if proceed {
+            Self::schedule_connection_lost(slf, exc)?;
+        }
+        Ok(())
+    }
+
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(lp) = slf.get().loop_obj(py) {
+            lp.call_method1("call_soon", (slf.getattr("_call_connection_lost")?, exc))?;
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let pause = this.inner.with(py, |i| {
+            if i.buffer.len() > i.high && !i.protocol_paused {
+                i.protocol_paused = true;
+                i.protocol.as_ref().map(|p| p.obj.clone_ref(py))
+            } else {
+                None
+            }
+        });
+        if let Some(protocol) = pause {
+            Self::flow_control_call(slf, protocol.bind(py), "pause_writing", "protocol.pause_writing() failed")?;
+        }
+        Ok(())
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let resume = this.inner.with(py, |i| {
+            if i.protocol_paused && i.buffer.len() <= i.low {
+                i.protocol_paused = false;
+                i.protocol.as_ref().map(|p| p.obj.clone_ref(py))
+            } else {
+                None
+            }
+        });
+        if let Some(protocol) = resume {
+            Self::flow_control_call(slf, protocol.bind(py), "resume_writing", "protocol.resume_writing() failed")?;
+        }
+        Ok(())
+    }
+
+    fn flow_control_call(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, method: &str, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if let Err(err) = protocol.call_method0(method) {
+            if is_fatal_signal(py, &err) {
+                return Err(err);
+            }
+            if let Some(lp) = slf.get().loop_obj(py) {
+                let ctx = PyDict::new(py);
+                ctx.set_item("message", message)?;
+                ctx.set_item("exception", err.value(py))?;
+                ctx.set_item("transport", Self::public(slf))?;
+                ctx.set_item("protocol", protocol)?;
+                lp.call_method1("call_exception_handler", (ctx,))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of a write() argument, with asyncio's type check.
+    fn check_bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<PyBuffer<u8>> {
+        if !(data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {:?}",
+                data.get_type().name()?.to_string()
+            )));
+        }
+        let buf = PyBuffer::<u8>::get(data)?;
+        if !buf.is_c_contiguous() {
+            return Err(PyValueError::new_err("write() needs a C-contiguous buffer"));
+        }
+        Ok(buf)
+    }
+
+    /// Refuses writes as asyncio does; Ok(false) means "drop silently" (connection lost).
+    fn write_allowed(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let (eof, conn_lost) = slf.get().inner.with(py, |i| (i.eof, i.conn_lost));
+        if eof {
+            return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+        }
+        if conn_lost > 0 {
+            if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                stdlib::asyncio_logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
+            }
+            slf.get().inner.with(py, |i| i.conn_lost += 1);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Sends `parts` now if nothing is queued, buffers the rest; then flow control.
+    fn send_or_buffer(slf: &Bound<'_, Self>, parts: &[&[u8]]) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let result = this.inner.with(py, |i| {
+            let mut skip = 0;
+            if i.buffer.is_empty() {
+                let r = if parts.len() == 1 { send_all(this.fd, parts[0]) } else { send_vectored(this.fd, parts) };
+                match r {
+                    Ok(n) => {
+                        skip = n;
+                        if n > 0 {
+                            i.stats.bytes_out += n as u64;
+                            i.stats.calls_out += 1;
+                        }
+                    }
+                    Err(errno) => return Err(errno),
+                }
+            }
+            for p in parts {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    continue;
+                }
+                i.buffer.extend(&p[skip..]);
+                skip = 0;
+            }
+            Ok(())
+        });
+        match result {
+            Err(errno) => Self::fatal_error(slf, os_error_from_errno(errno), "Fatal write error on socket transport"),
+            Ok(()) => Self::maybe_pause_protocol(slf),
+        }
+    }
+
+    fn set_protocol_inner(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered_cls = py.import("asyncio")?.getattr("BufferedProtocol")?;
+        let buffered = protocol.is_instance(&buffered_cls)?;
+        let method = |name: &str| protocol.getattr(name).ok().map(Bound::unbind);
+        let proto = Protocol {
+            obj: protocol.clone().unbind(),
+            buffered,
+            data_received: if buffered { None } else { method("data_received") },
+            get_buffer: if buffered { method("get_buffer") } else { None },
+            buffer_updated: if buffered { method("buffer_updated") } else { None },
+        };
+        let old = self.inner.with(py, |i| i.protocol.replace(proto));
+        drop(old);
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    /// Made by the loop (`_make_socket_transport`), not by users.
+    #[new]
+    #[pyo3(signature = (loop_obj, sock, protocol, extra = None, server = None))]
+    fn new(
+        py: Python<'_>,
+        loop_obj: Bound<'_, PyAny>,
+        sock: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        extra: Option<Bound<'_, PyDict>>,
+        server: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let extra = match extra {
+            Some(e) => e.copy()?,
+            None => PyDict::new(py),
+        };
+        extra.set_item("socket", py.import("asyncio.trsock")?.getattr("TransportSocket")?.call1((&sock,))?)?;
+        if !extra.contains("sockname")? {
+            extra.set_item("sockname", sock.call_method0("getsockname").ok())?;
+        }
+        if !extra.contains("peername")? {
+            extra.set_item("peername", sock.call_method0("getpeername").ok())?;
+        }
+        let family: i32 = sock.getattr("family")?.extract()?;
+        if family == libc::AF_INET || family == libc::AF_INET6 {
+            // asyncio turns Nagle off for TCP; so do we.
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt with a valid int option on our fd.
+            unsafe {
+                libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as _)
+            };
+        }
+        let transport = StreamTransport {
+            fd,
+            context: crate::handles::copy_current_context(py)?,
+            extra: extra.unbind(),
+            inner: GilCell::new(Inner {
+                loop_obj: Some(loop_obj.unbind()),
+                facade: None,
+                sock: Some(sock.unbind()),
+                protocol: None,
+                server: server.map(Bound::unbind),
+                buffer: WriteBuffer::default(),
+                closing: false,
+                eof: false,
+                paused: false,
+                started: false,
+                read_done: false,
+                conn_lost: 0,
+                protocol_paused: false,
+                high: DEFAULT_HIGH_WATER,
+                low: DEFAULT_HIGH_WATER / 4,
+                stats: StreamStats::default(),
+            }),
+        };
+        transport.set_protocol_inner(py, &protocol)?;
+        Ok(transport)
+    }
+
+    /// Links the Python-visible transport object (an `asyncio.Transport` subclass).
+    fn _set_facade(&self, py: Python<'_>, facade: Py<PyAny>) {
+        let old = self.inner.with(py, |i| i.facade.replace(facade));
+        drop(old);
+    }
+
+    /// Registers the fd with the loop and reads what already arrived (called soon after connection_made).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let start = this.inner.with(py, |i| {
+            let start = !i.started && !i.closing;
+            i.started = true;
+            start
+        });
+        if !start {
+            return Ok(());
+        }
+        if let Some(core) = this.core(py) {
+            core.get().register_transport(py, this.fd, slf.clone().unbind())?;
+            core.get().queue_io(py, slf.clone().unbind(), true, false);
+        }
+        Ok(())
+    }
+
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        Self::call_connection_lost(slf, exc.map(Bound::unbind))
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buf = Self::check_bytes_like(data)?;
+        if !Self::write_allowed(slf)? || buf.len_bytes() == 0 {
+            return Ok(());
+        }
+        // SAFETY: the buffer is C-contiguous, and stays exported for the call.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+        let result = Self::send_or_buffer(slf, &[bytes]);
+        drop(buf);
+        result
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+
+        let mut bufs = Vec::new();
+        for item in list_of_data.try_iter()? {
+            bufs.push(Self::check_bytes_like(&item?)?);
+        }
+        if !Self::write_allowed(slf)? {
+            return Ok(());
+        }
+        // SAFETY: as in write(): contiguous buffers, exported until released below.
+        let parts: Vec<&[u8]> = bufs
+            .iter()
+            .filter(|b| b.len_bytes() > 0)
+            .map(|b| unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const u8, b.len_bytes()) })
+            .collect();
+        let result = if parts.is_empty() { Ok(()) } else { Self::send_or_buffer(slf, &parts) };
+        drop(parts);
+        for b in bufs {
+            drop(b);
+        }
+        result
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let shutdown_now = this.inner.with(py, |i| {
+            if i.closing || i.eof {
+                return false;
+            }
+            i.eof = true;
+            i.buffer.is_empty()
+        });
+        // SAFETY: plain syscall on our fd.
+        if shutdown_now && unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } != 0 {
+            return Err(os_error_from_errno(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)));
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Closes after the buffered data is sent; then `connection_lost(None)`.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let lose_now = slf.get().inner.with(py, |i| {
+            if i.closing {
+                return false;
+            }
+            i.closing = true;
+            if i.buffer.is_empty() {
+                i.conn_lost += 1;
+                true
+            } else {
+                false
+            }
+        });
+        if lose_now {
+            Self::schedule_connection_lost(slf, None)?;
+        }
+        Ok(())
+    }
+
+    /// Closes now, dropping buffered data.
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.inner.with(py, |i| i.closing)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        self.inner.with(py, |i| !i.paused && !i.closing)
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let paused = slf.get().inner.with(py, |i| {
+            if i.closing || i.paused {
+                return false;
+            }
+            i.paused = true;
+            true
+        });
+        if paused {
+            if let Some(lp) = slf.get().loop_obj(py) {
+                if lp.call_method0("get_debug")?.is_truthy()? {
+                    stdlib::asyncio_logger(py)?.call_method1("debug", ("%r pauses reading", Self::public(slf)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (resumed, started) = this.inner.with(py, |i| {
+            if i.closing || !i.paused {
+                return (false, i.started);
+            }
+            i.paused = false;
+            (true, i.started)
+        });
+        if resumed {
+            // Edge-triggered: data that arrived while paused raised no new event.
+            if let (true, Some(core)) = (started, this.core(py)) {
+                core.get().queue_io(py, slf.clone().unbind(), true, false);
+            }
+            if let Some(lp) = this.loop_obj(py) {
+                if lp.call_method0("get_debug")?.is_truthy()? {
+                    stdlib::asyncio_logger(py)?.call_method1("debug", ("%r resumes reading", Self::public(slf)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.inner.with(py, |i| i.buffer.len())
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        self.inner.with(py, |i| (i.low, i.high))
+    }
+
+    #[pyo3(signature = (high = None, low = None))]
+    fn set_write_buffer_limits(slf: &Bound<'_, Self>, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
+        let high = match (high, low) {
+            (Some(h), _) => h,
+            (None, Some(l)) => 4 * l,
+            (None, None) => DEFAULT_HIGH_WATER as i64,
+        };
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
+        }
+        slf.get().inner.with(slf.py(), |i| {
+            i.high = high as usize;
+            i.low = low as usize;
+        });
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.set_protocol_inner(py, protocol)
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol_obj(py)
+    }
+
+    #[pyo3(signature = (name, default = None))]
+    fn get_extra_info(&self, py: Python<'_>, name: &Bound<'_, PyAny>, default: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+        match self.extra.bind(py).get_item(name)? {
+            Some(v) => Ok(v.unbind()),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    /// The socket, for code that reaches for it as it does on asyncio's transports.
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.with(py, |i| i.sock.as_ref().map(|s| s.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
+        self.extra.clone_ref(py)
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// loop.sendfile() on this transport goes through the write path.
+    #[getter]
+    fn _sendfile_compatible(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(py.import("asyncio.constants")?.getattr("_SendfileMode")?.getattr("FALLBACK")?.unbind())
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.inner.with(py, |i| i.protocol_paused)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        self.inner.with(py, |i| {
+            let mut info = vec!["StreamTransport".to_string()];
+            if i.sock.is_none() {
+                info.push("closed".into());
+            } else if i.closing {
+                info.push("closing".into());
+            }
+            info.push(format!("fd={}", self.fd));
+            if i.sock.is_some() {
+                info.push(if !i.paused && !i.closing && i.started { "read=polling".into() } else { "read=idle".into() });
+                let state = if i.buffer.is_empty() { "idle" } else { "polling" };
+                info.push(format!("write=<{state}, bufsize={}>", i.buffer.len()));
+            }
+            format!("<{}>", info.join(" "))
+        })
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.context)?;
+        visit.call(&self.extra)?;
+        self.inner
+            .try_peek(|i| {
+                visit.call(&i.loop_obj)?;
+                visit.call(&i.facade)?;
+                visit.call(&i.sock)?;
+                visit.call(&i.server)?;
+                if let Some(p) = &i.protocol {
+                    visit.call(&p.obj)?;
+                    visit.call(&p.data_received)?;
+                    visit.call(&p.get_buffer)?;
+                    visit.call(&p.buffer_updated)?;
+                }
+                Ok(())
+            })
+            .unwrap_or(Ok(()))
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let dropped = self.inner.with(py, |i| (i.loop_obj.take(), i.protocol.take(), i.server.take(), i.facade.take()));
+            drop(dropped);
+        });
+    }
+}
+
+impl StreamTransport {
+    /// asyncio's `_call_connection_lost`: tell the protocol, then release the socket.
+    fn call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = this.protocol_obj(py);
+        let result = match &protocol {
+            Some(p) => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
+            None => Ok(()),
+        };
+        // Whatever connection_lost did, the socket goes.
+        let core = this.core(py);
+        if let Some(core) = &core {
+            core.get().deregister_transport(py, this.fd);
+        }
+        let public = Self::public(slf);
+        let (sock, lp, server, proto, facade) =
+            this.inner.with(py, |i| (i.sock.take(), i.loop_obj.take(), i.server.take(), i.protocol.take(), i.facade.take()));
+        if let Some(sock) = &sock {
+            sock.bind(py).call_method0("close")?;
+        }
+        if let Some(server) = &server {
+            crate::stdlib::server_detach(py)?.call1((server.bind(py), public))?;
+        }
+        drop((sock, lp, server, proto, facade));
+        result
+    }
+}
