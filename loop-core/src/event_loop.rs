@@ -39,23 +39,25 @@ const EVENTS_CAPACITY: usize = 1024;
 const MIN_POLL_INTERVAL_NS: u64 = 50_000;
 
 /// Everything the loop thread mutates, behind one GIL-protected cell.
-struct State {
-    ready: VecDeque<Ready>,
+pub(crate) struct State {
+    pub(crate) ready: VecDeque<Ready>,
     /// When the last poll returned (ns).
-    last_poll_ns: u64,
+    pub(crate) last_poll_ns: u64,
     /// The loop's idea of "now" (ns): refreshed after the poll and after each
     /// callback, so scheduling doesn't read the clock.
-    now_ns: u64,
+    pub(crate) now_ns: u64,
     /// The task whose step is running, for the parent of tasks it creates.
-    current_task: Option<u64>,
-    tasks: Tasks,
-    sites: Sites,
-    slow: SlowLog,
+    pub(crate) current_task: Option<u64>,
+    pub(crate) tasks: Tasks,
+    pub(crate) sites: Sites,
+    pub(crate) slow: SlowLog,
     /// `asyncio.eventloop.delay`: time from ready to run, every callback (ns).
-    lag: hdrhistogram::Histogram<u64>,
-    timers: Timers,
-    watchers: Watchers,
-    recorder: Recorder,
+    pub(crate) lag: hdrhistogram::Histogram<u64>,
+    /// Present once the inspector runs in this process (see inspect.rs).
+    pub(crate) link: Option<crate::inspect::Link>,
+    pub(crate) timers: Timers,
+    pub(crate) watchers: Watchers,
+    pub(crate) recorder: Recorder,
 }
 
 struct Poller {
@@ -65,19 +67,20 @@ struct Poller {
 
 #[pyclass(frozen, subclass, module = "glassloop._core", name = "LoopCore")]
 pub struct LoopCore {
-    state: GilCell<State>,
+    pub(crate) state: GilCell<State>,
     /// Locked only by the loop thread, around the poll (with the GIL released).
     poller: Mutex<Poller>,
     registry: Registry,
-    waker: Waker,
+    pub(crate) waker: std::sync::Arc<Waker>,
     /// True while the loop thread is (about to be) blocked in the poll without
     /// the GIL: a thread-safe call that sees it wakes the loop, once.
     sleeping: AtomicBool,
     closed: AtomicBool,
     stopping: AtomicBool,
     debug: AtomicBool,
-    /// `threading.get_ident()` of the running thread, 0 when not running.
-    thread_id: AtomicU64,
+    /// `threading.get_ident()` of the running thread, 0 when not running (shared
+    /// with the inspector's stack capture, which runs on another thread).
+    pub(crate) thread_id: std::sync::Arc<AtomicU64>,
     /// Seconds, as f64 bits.
     slow_callback_duration: AtomicU64,
 }
@@ -177,6 +180,20 @@ impl LoopCore {
     /// nothing to run), queue what became ready, then run the callbacks that were
     /// ready when the iteration started. Callbacks they schedule run next time.
     fn run_once(&self, py: Python<'_>, loop_obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        // 0. The inspector: join it once it runs; answer its questions.
+        let heartbeat = if crate::inspect::active() {
+            let mut link = self.state.with(py, |s| s.link.take());
+            if link.is_none() {
+                link = Some(self.join_hub(py, loop_obj)?);
+            }
+            let answered = self.answer_queries(py, link.as_ref().expect("just set"));
+            let heartbeat = link.as_ref().map(|l| l.heartbeat.clone());
+            self.state.with(py, |s| s.link = link);
+            answered?;
+            heartbeat
+        } else {
+            None
+        };
         let mut garbage_timers = Vec::new();
 
         // 1. How long may we sleep?
@@ -254,7 +271,11 @@ impl LoopCore {
         drop(garbage_timers);
 
         // 4. Run what is ready now; anything they schedule waits for the next iteration.
-        let ntodo = self.state.with(py, |s| s.ready.len());
+        let ntodo = self.state.with(py, |s| {
+            s.recorder.ready_queue(s.ready.len());
+            s.ready.len()
+        });
+        let inspected = heartbeat.is_some();
         let debug = self.is_debug();
         let slow_ns = (f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed)) * 1e9) as u64;
         let mut t0 = clock::now_ns();
@@ -267,6 +288,9 @@ impl LoopCore {
                 Ready::Call { handle, queued_ns } => (handle, queued_ns),
                 Ready::Io { transport, readable, writable, read_closed, queued_ns } => {
                     // Socket I/O straight into the protocol: no Handle, no site lookup.
+                    if let Some(hb) = &heartbeat {
+                        hb.begin(t0, 0);
+                    }
                     let result = StreamTransport::on_events(transport.bind(py), readable, writable, read_closed);
                     let t1 = clock::now_ns();
                     let took = t1 - t0;
@@ -277,6 +301,9 @@ impl LoopCore {
                         s.recorder.callback(took);
                         if s.recorder.enabled {
                             s.lag.saturating_record(lag.max(1));
+                        }
+                        if inspected {
+                            s.recorder.delay(lag);
                         }
                     });
                     result?;
@@ -290,11 +317,15 @@ impl LoopCore {
             let Some((func, args)) = h.callback_parts(py) else { continue };
             let func = func.into_bound(py);
             let task_candidate = tasks::step_owner(&func);
-            let task = self.state.with(py, |s| {
+            let (task, task_site) = self.state.with(py, |s| {
                 let task = task_candidate.filter(|t| s.tasks.id_of(*t).is_some());
                 s.current_task = task.and_then(|t| s.tasks.id_of(t));
-                task
+                (task, task.and_then(|t| s.tasks.code_of(t)).map(|c| c.as_ptr() as u64))
             });
+            let site = if task.is_none() { Some(sites::site_of(&func)) } else { None };
+            if let Some(hb) = &heartbeat {
+                hb.begin(t0, task_site.or(site.as_ref().map(|s| s.0 as u64)).unwrap_or(0));
+            }
 
             let result = h.call_in_context(py, &func, &args);
 
@@ -302,13 +333,18 @@ impl LoopCore {
             let took = t1 - t0;
             let lag = t0.saturating_sub(queued_ns);
             t0 = t1;
-            let site = if task.is_none() { Some(sites::site_of(&func)) } else { None };
             let new_site = self.state.with(py, |s| {
                 s.now_ns = t1;
                 s.current_task = None;
                 s.recorder.callback(took);
                 if s.recorder.enabled {
                     s.lag.saturating_record(lag.max(1));
+                }
+                if inspected {
+                    s.recorder.delay(lag);
+                    if task.is_some() {
+                        s.recorder.task_step(took);
+                    }
                 }
                 if result.is_err() {
                     s.recorder.exceptions += 1;
@@ -349,9 +385,25 @@ impl LoopCore {
                 )?;
             }
         }
-        let busy = clock::now_ns() - busy_start;
-        self.state.with(py, |s| s.recorder.busy_ns += busy);
-        Ok(())
+        let end = clock::now_ns();
+        let busy = end - busy_start;
+        let mut link = self.state.with(py, |s| {
+            s.recorder.busy_ns += busy;
+            s.link.take()
+        });
+        if let Some(hb) = &heartbeat {
+            hb.idle();
+        }
+        // 5. Samples and tables for the inspector, when due.
+        let published = match &mut link {
+            Some(l) => {
+                l.heartbeat.iteration(self.state.with(py, |s| s.recorder.iterations));
+                self.publish(py, l, end)
+            }
+            None => Ok(()),
+        };
+        self.state.with(py, |s| s.link = link);
+        published
     }
 
     /// A task step just ran: if the task finished, move it to the finished list.
@@ -432,7 +484,7 @@ impl LoopCore {
     fn new(_args: &Bound<'_, PyTuple>, record: bool, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let poll = Poll::new().map_err(os_error)?;
         let registry = poll.registry().try_clone().map_err(os_error)?;
-        let waker = Waker::new(&registry, WAKER_TOKEN).map_err(os_error)?;
+        let waker = std::sync::Arc::new(Waker::new(&registry, WAKER_TOKEN).map_err(os_error)?);
         Ok(LoopCore {
             state: GilCell::new(State {
                 ready: VecDeque::new(),
@@ -443,6 +495,7 @@ impl LoopCore {
                 sites: Sites::default(),
                 slow: SlowLog::default(),
                 lag: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static bounds"),
+                link: None,
                 timers: Timers::default(),
                 watchers: Watchers::default(),
                 recorder: Recorder::new(record),
@@ -454,7 +507,7 @@ impl LoopCore {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),
-            thread_id: AtomicU64::new(0),
+            thread_id: std::sync::Arc::new(AtomicU64::new(0)),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
         })
     }
@@ -643,59 +696,27 @@ impl LoopCore {
     }
 
     /// The task table as plain dicts: live tasks first, then recently finished ones.
-    #[pyo3(signature = (include_finished = true))]
-    fn _tasks<'py>(&self, py: Python<'py>, include_finished: bool) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        struct Row {
-            task: Option<Py<PyAny>>,
-            entry_name: Option<String>,
-            code: Option<Py<PyAny>>,
-            fields: (u64, Option<u64>, u64, Option<u64>, TaskState, Option<String>, u64, u64, u64, u64),
-        }
-        let rows: Vec<Row> = self.state.with(py, |s| {
-            let row = |e: &TaskEntry, task: Option<Py<PyAny>>| Row {
-                task,
-                entry_name: e.name.clone(),
-                code: e.code.as_ref().map(|c| c.clone_ref(py)),
-                fields: (e.id, e.parent, e.created_unix_ms, e.finished_unix_ms, e.state, e.exception_type.clone(), e.steps, e.busy_ns, e.longest_step_ns, e.last_delay_ns),
-            };
-            let mut rows: Vec<Row> = s.tasks.live().map(|(_, e)| row(e, Some(e.weak.clone_ref(py)))).collect();
-            if include_finished {
-                rows.extend(s.tasks.finished().map(|e| row(e, None)));
+    #[pyo3(signature = (include_finished = true, limit = 100_000))]
+    fn _tasks<'py>(&self, py: Python<'py>, include_finished: bool, limit: usize) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let mut out = Vec::new();
+        for (r, task) in self.task_records(py, limit)? {
+            if !include_finished && r.finished_unix_ms.is_some() {
+                continue;
             }
-            rows
-        });
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let task = match &row.task {
-                Some(weak) => {
-                    let t = weak.bind(py).call0()?;
-                    if t.is_none() {
-                        continue; // collected while pending; pruned later
-                    }
-                    Some(t)
-                }
-                None => None,
-            };
-            let (id, parent, created, finished, state, exc, steps, busy, longest, delay) = row.fields;
             let d = PyDict::new(py);
-            d.set_item("id", id)?;
-            let name = match &task {
-                Some(t) => t.call_method0("get_name")?.extract::<String>().ok(),
-                None => row.entry_name,
-            };
-            d.set_item("name", name)?;
-            let site = row.code.map(|c| sites::describe(c.bind(py)));
-            d.set_item("coro", site.as_ref().map(|s| s.qualname.clone()))?;
-            d.set_item("defined_at", site.as_ref().map(|s| format!("{}:{}", s.file, s.line)))?;
-            d.set_item("parent_id", parent)?;
-            d.set_item("created_unix_ms", created)?;
-            d.set_item("finished_unix_ms", finished)?;
-            d.set_item("state", state.as_str())?;
-            d.set_item("exception_type", exc)?;
-            d.set_item("steps", steps)?;
-            d.set_item("busy_seconds", busy as f64 / 1e9)?;
-            d.set_item("longest_step_seconds", longest as f64 / 1e9)?;
-            d.set_item("last_scheduled_delay_seconds", delay as f64 / 1e9)?;
+            d.set_item("id", r.id)?;
+            d.set_item("name", r.name)?;
+            d.set_item("coro", r.coro)?;
+            d.set_item("defined_at", r.defined_at)?;
+            d.set_item("parent_id", r.parent_id)?;
+            d.set_item("created_unix_ms", r.created_unix_ms)?;
+            d.set_item("finished_unix_ms", r.finished_unix_ms)?;
+            d.set_item("state", r.state.as_str())?;
+            d.set_item("exception_type", r.exception_type)?;
+            d.set_item("steps", r.steps)?;
+            d.set_item("busy_seconds", r.busy_ns as f64 / 1e9)?;
+            d.set_item("longest_step_seconds", r.longest_step_ns as f64 / 1e9)?;
+            d.set_item("last_scheduled_delay_seconds", r.last_scheduled_delay_ns as f64 / 1e9)?;
             if let Some(t) = task {
                 d.set_item("task", t)?;
             }
@@ -707,17 +728,16 @@ impl LoopCore {
     /// The callback-site profile: the heaviest `limit` sites by `order` ("total", "count", "max").
     #[pyo3(signature = (order = "total", limit = 50))]
     fn _callback_sites<'py>(&self, py: Python<'py>, order: &str, limit: usize) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let top = self.state.with(py, |s| s.sites.top(py, order, limit));
-        let mut out = Vec::with_capacity(top.len());
-        for (owner, stats) in top {
-            let name = owner.describe(py);
+        let mut out = Vec::new();
+        for site in self.site_records(py, order, limit) {
             let d = PyDict::new(py);
-            d.set_item("qualname", name.qualname)?;
-            d.set_item("file", name.file)?;
-            d.set_item("line", name.line)?;
-            d.set_item("count", stats.count)?;
-            d.set_item("total_seconds", stats.total_ns as f64 / 1e9)?;
-            d.set_item("max_seconds", stats.max_ns as f64 / 1e9)?;
+            d.set_item("id", site.id)?;
+            d.set_item("qualname", site.qualname)?;
+            d.set_item("file", site.file)?;
+            d.set_item("line", site.line)?;
+            d.set_item("count", site.count)?;
+            d.set_item("total_seconds", site.total_ns as f64 / 1e9)?;
+            d.set_item("max_seconds", site.max_ns as f64 / 1e9)?;
             out.push(d);
         }
         Ok(out)
@@ -740,6 +760,38 @@ impl LoopCore {
             out.push(d);
         }
         Ok(out)
+    }
+
+    /// The transport table (Rust transports), as plain dicts.
+    fn _transports<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let mut out = Vec::new();
+        for t in self.transport_records(py)? {
+            let d = PyDict::new(py);
+            d.set_item("id", t.id)?;
+            d.set_item("kind", t.kind.as_str())?;
+            d.set_item("local", t.local)?;
+            d.set_item("peer", t.peer)?;
+            d.set_item("protocol", t.protocol)?;
+            d.set_item("created_unix_ms", t.created_unix_ms)?;
+            d.set_item("bytes_in", t.bytes_in)?;
+            d.set_item("bytes_out", t.bytes_out)?;
+            d.set_item("calls_in", t.calls_in)?;
+            d.set_item("calls_out", t.calls_out)?;
+            d.set_item("write_buffer", t.write_buffer)?;
+            d.set_item("write_buffer_high_water", t.write_buffer_high_water)?;
+            d.set_item("reading_paused", t.reading_paused)?;
+            d.set_item("writing_paused", t.writing_paused)?;
+            d.set_item("paused_reading_seconds", t.paused_reading_ns as f64 / 1e9)?;
+            d.set_item("paused_writing_seconds", t.paused_writing_ns as f64 / 1e9)?;
+            d.set_item("state", t.state)?;
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// A live task's await chain as text (None if the loop has no such task).
+    fn _task_stack(&self, py: Python<'_>, task_id: u64) -> PyResult<Option<String>> {
+        self.task_stack_text(py, task_id)
     }
 
     /// Counters and histogram summaries (see `glassloop.Loop.stats`).

@@ -110,6 +110,10 @@ impl Watchers {
         Some(t)
     }
 
+    pub fn transports(&self, py: Python<'_>) -> Vec<Py<StreamTransport>> {
+        self.transports.values().map(|t| t.clone_ref(py)).collect()
+    }
+
     pub fn transport_count(&self) -> usize {
         self.transports.len()
     }

@@ -93,21 +93,21 @@ impl Sites {
     }
 
     /// The `limit` heaviest sites by `order` ("total", "count" or "max"), with their owners.
-    pub fn top(&self, py: Python<'_>, order: &str, limit: usize) -> Vec<(SiteOwner, SiteStats)> {
-        let mut all: Vec<(&Site, u64)> = self
+    pub fn top(&self, py: Python<'_>, order: &str, limit: usize) -> Vec<(usize, SiteOwner, SiteStats)> {
+        let mut all: Vec<(usize, &Site, u64)> = self
             .sites
-            .values()
-            .map(|s| {
+            .iter()
+            .map(|(addr, s)| {
                 let k = match order {
                     "count" => s.stats.count,
                     "max" => s.stats.max_ns,
                     _ => s.stats.total_ns,
                 };
-                (s, k)
+                (*addr, s, k)
             })
             .collect();
-        all.sort_unstable_by(|a, b| b.1.cmp(&a.1));
-        all.into_iter().take(limit).map(|(s, _)| (s.owner.clone_ref(py), s.stats)).collect()
+        all.sort_unstable_by(|a, b| b.2.cmp(&a.2));
+        all.into_iter().take(limit).map(|(addr, s, _)| (addr, s.owner.clone_ref(py), s.stats)).collect()
     }
 
 

@@ -23,16 +23,6 @@ pub enum TaskState {
     Failed,
 }
 
-impl TaskState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Pending => "pending",
-            TaskState::Done => "done",
-            TaskState::Cancelled => "cancelled",
-            TaskState::Failed => "failed",
-        }
-    }
-}
 
 pub struct TaskEntry {
     pub id: u64,

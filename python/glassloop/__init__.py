@@ -9,8 +9,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import warnings
 from typing import Any, Coroutine, TypeVar
 
+from . import _core
 from ._core import Handle, TimerHandle, __version__
 from ._loop import Loop
 
@@ -23,19 +27,59 @@ __all__ = [
     "install",
     "run",
     "inspect",
+    "start_inspector",
     "__version__",
 ]
 
 _T = TypeVar("_T")
 
 
-def new_event_loop(*, record: bool = True) -> Loop:
+def new_event_loop(*, record: bool = True, inspect: str | bool | None = None) -> Loop:
     """Return a new glassloop event loop.
 
     `record=False` turns off per-callback timing (counters still run); it exists
-    to measure what recording costs.
+    to measure what recording costs. `inspect` starts the process's inspector
+    sidecar (dashboard, JSON API, /metrics) on an address ("127.0.0.1:7070", ":0")
+    or, with True, on `GLASSLOOP_INSPECT` or the default address; without it,
+    a set `GLASSLOOP_INSPECT` does the same.
     """
-    return Loop(record=record)
+    loop = Loop(record=record)
+    start_inspector_from(inspect)
+    return loop
+
+
+_inspector_url: str | None = None
+
+
+def start_inspector(address: str | None = None, *, token: str | None = None, stall_threshold: float | None = None) -> str:
+    """Start the inspector sidecar for this process (once) and return its URL.
+
+    Binds 127.0.0.1:7070 unless told otherwise (`address`, or `GLASSLOOP_INSPECT`);
+    any non-loopback address needs a token (`token` or `GLASSLOOP_TOKEN`).
+    Raises OSError if the port is taken, ValueError for a bad address or a missing token.
+    """
+    global _inspector_url
+    if _inspector_url is None:
+        _inspector_url = _core.start_inspector(address, token, stall_threshold)
+        print(f"glassloop inspector: {_inspector_url}", file=sys.stderr, flush=True)
+    return _inspector_url
+
+
+def start_inspector_from(inspect: str | bool | None) -> str | None:
+    # One vocabulary: inspect="addr" / True / GLASSLOOP_INSPECT. A failure to start
+    # is reported and the loop runs on without the sidecar.
+    if inspect is None:
+        env = os.environ.get("GLASSLOOP_INSPECT", "").strip()
+        if not env or env.lower() in ("0", "false", "no", "off"):
+            return None
+        inspect = True
+    if inspect is False:
+        return None
+    try:
+        return start_inspector(None if inspect is True else str(inspect))
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"glassloop inspector did not start: {exc}", RuntimeWarning, stacklevel=3)
+        return None
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):

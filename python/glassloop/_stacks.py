@@ -79,3 +79,24 @@ def _short_repr(obj: object, limit: int = 200) -> str:
     except Exception as exc:  # a broken __repr__ must not break the query
         text = f"<{type(obj).__name__} (repr failed: {type(exc).__name__})>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _format(frames: list[dict[str, Any]]) -> str:
+    lines = []
+    for f in frames:
+        if "qualname" in f:
+            lines.append(f"{f.get('kind', 'frame')} {f['qualname']} ({f['file']}:{f['line']})")
+        else:
+            lines.append(f"{f['kind']} {f.get('repr', '')}")
+    return "\n".join(lines)
+
+
+def await_stack_text(task: asyncio.Future) -> str:
+    """`await_stack(task)` as text, one frame per line (for the inspector's JSON API)."""
+    return _format(await_stack(task))
+
+
+def thread_stack_text(thread_id: int) -> str | None:
+    """`thread_stack(thread_id)` as text, outermost first (for the stall watchdog)."""
+    frames = thread_stack(thread_id)
+    return None if frames is None else _format(frames)

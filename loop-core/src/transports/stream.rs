@@ -75,6 +75,12 @@ struct Inner {
     read_done: bool,
     conn_lost: u32,
     protocol_paused: bool,
+    created_unix_ms: u64,
+    /// When reading / the protocol's writing was paused (monotonic ns), and the totals.
+    paused_reading_since: u64,
+    paused_writing_since: u64,
+    paused_reading_ns: u64,
+    paused_writing_ns: u64,
     high: usize,
     low: usize,
     stats: StreamStats,
@@ -170,6 +176,52 @@ enum ReadOutcome {
 impl StreamTransport {
     pub fn fd(&self) -> RawFd {
         self.fd
+    }
+
+    /// This transport's row in the inspector's transport table.
+    pub fn record(&self, py: Python<'_>) -> PyResult<inspector::TransportRecord> {
+        let extra = self.extra.bind(py);
+        let addr = |key: &str| -> PyResult<String> {
+            Ok(match extra.get_item(key)? {
+                Some(v) if !v.is_none() => match v.extract::<(String, u16)>() {
+                    Ok((host, port)) => format!("{host}:{port}"),
+                    Err(_) => v.str()?.to_string(),
+                },
+                _ => String::new(),
+            })
+        };
+        let (local, peer) = (addr("sockname")?, addr("peername")?);
+        let (protocol, kind) = self.inner.with(py, |i| {
+            (i.protocol.as_ref().map(|p| p.obj.clone_ref(py)), i.sock.as_ref().map(|s| s.clone_ref(py)))
+        });
+        let protocol_name = match protocol {
+            Some(p) => p.bind(py).get_type().name()?.to_string(),
+            None => String::new(),
+        };
+        let is_unix = match kind {
+            Some(sock) => sock.bind(py).getattr("family")?.extract::<i32>()? == libc::AF_UNIX,
+            None => false,
+        };
+        let now = crate::clock::now_ns();
+        Ok(self.inner.with(py, |i| inspector::TransportRecord {
+            id: self.fd as u64,
+            kind: if is_unix { inspector::TransportKind::Unix } else { inspector::TransportKind::Tcp },
+            local,
+            peer,
+            protocol: protocol_name,
+            created_unix_ms: i.created_unix_ms,
+            bytes_in: i.stats.bytes_in,
+            bytes_out: i.stats.bytes_out,
+            calls_in: i.stats.calls_in,
+            calls_out: i.stats.calls_out,
+            write_buffer: i.buffer.len() as u64,
+            write_buffer_high_water: i.buffer.high_water as u64,
+            reading_paused: i.paused,
+            writing_paused: i.protocol_paused,
+            paused_reading_ns: i.paused_reading_ns + if i.paused { now.saturating_sub(i.paused_reading_since) } else { 0 },
+            paused_writing_ns: i.paused_writing_ns + if i.protocol_paused { now.saturating_sub(i.paused_writing_since) } else { 0 },
+            state: if i.sock.is_none() { "closed" } else if i.closing { "closing" } else { "open" }.to_string(),
+        }))
     }
 
     pub fn stats(&self, py: Python<'_>) -> StreamStats {
@@ -495,6 +547,7 @@ impl StreamTransport {
         let pause = this.inner.with(py, |i| {
             if i.buffer.len() > i.high && !i.protocol_paused {
                 i.protocol_paused = true;
+                i.paused_writing_since = crate::clock::now_ns();
                 i.protocol.as_ref().map(|p| p.obj.clone_ref(py))
             } else {
                 None
@@ -512,6 +565,7 @@ impl StreamTransport {
         let resume = this.inner.with(py, |i| {
             if i.protocol_paused && i.buffer.len() <= i.low {
                 i.protocol_paused = false;
+                i.paused_writing_ns += crate::clock::now_ns().saturating_sub(i.paused_writing_since);
                 i.protocol.as_ref().map(|p| p.obj.clone_ref(py))
             } else {
                 None
@@ -677,6 +731,11 @@ impl StreamTransport {
                 read_done: false,
                 conn_lost: 0,
                 protocol_paused: false,
+                created_unix_ms: inspector::clock::unix_ms(),
+                paused_reading_since: 0,
+                paused_writing_since: 0,
+                paused_reading_ns: 0,
+                paused_writing_ns: 0,
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
                 stats: StreamStats::default(),
@@ -812,6 +871,7 @@ impl StreamTransport {
                 return false;
             }
             i.paused = true;
+            i.paused_reading_since = crate::clock::now_ns();
             true
         });
         if paused {
@@ -832,6 +892,7 @@ impl StreamTransport {
                 return (false, i.started);
             }
             i.paused = false;
+            i.paused_reading_ns += crate::clock::now_ns().saturating_sub(i.paused_reading_since);
             (true, i.started)
         });
         if resumed {

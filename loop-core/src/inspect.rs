@@ -1,0 +1,264 @@
+//! The loop's link to the inspector: samples, tables, deep queries, heartbeat.
+//!
+//! A loop joins the inspector's hub once the sidecar runs in the process (loops
+//! made before it started join at their next iteration). From then on, at the end
+//! of an iteration, the loop cuts a sample every `SAMPLE_INTERVAL` and publishes
+//! its tables every `TABLES_INTERVAL` — both bounded and non-blocking — and answers
+//! deep queries (a task's await stack, fresh tables) at the top of an iteration.
+
+use crate::event_loop::LoopCore;
+use crate::sites::{self, SiteOwner};
+use crate::tasks::TaskState;
+use inspector::{
+    CallbackSite, Heartbeat, Hub, LoopHandle, LoopInfo, QueryKind, QueryReply, SlowCallbackEvent, Tables,
+    TaskRecord, TaskState as RecordState, TransportRecord,
+};
+use pyo3::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub const SAMPLE_INTERVAL_NS: u64 = 250_000_000;
+pub const TABLES_INTERVAL_NS: u64 = 1_000_000_000;
+/// Rows per table the loop builds: the busiest tasks and sites, newest events.
+pub const TABLE_ROWS: usize = 2_000;
+
+/// Set once the sidecar runs in this process.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+#[inline]
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::Relaxed)
+}
+
+/// Starts the process's sidecar (idempotent). Returns its URL.
+pub fn start(config: inspector::Config) -> Result<inspector::ServerInfo, inspector::Error> {
+    let info = inspector::serve(config)?;
+    ACTIVE.store(true, Ordering::Relaxed);
+    Ok(info)
+}
+
+pub struct Link {
+    pub handle: LoopHandle,
+    pub heartbeat: Arc<Heartbeat>,
+    pub next_sample_ns: u64,
+    pub next_tables_ns: u64,
+}
+
+fn task_state(s: TaskState) -> RecordState {
+    match s {
+        TaskState::Pending => RecordState::Pending,
+        TaskState::Done => RecordState::Done,
+        TaskState::Cancelled => RecordState::Cancelled,
+        TaskState::Failed => RecordState::Failed,
+    }
+}
+
+impl LoopCore {
+    /// Joins the hub: registers the loop, its waker and its stack capture.
+    pub(crate) fn join_hub(&self, py: Python<'_>, loop_obj: &Bound<'_, PyAny>) -> PyResult<Link> {
+        let threading = py.import("threading")?;
+        let thread = threading.call_method0("current_thread")?;
+        let info = LoopInfo {
+            name: format!("{}@{:#x}", loop_obj.get_type().name()?, loop_obj.as_ptr() as usize),
+            thread_id: thread.getattr("ident")?.extract().unwrap_or(0),
+            thread_name: thread.getattr("name")?.extract().unwrap_or_default(),
+            python: py.version().split_whitespace().next().unwrap_or("").to_string(),
+            glassloop_version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        };
+        let handle = Hub::global().register_loop(info);
+        let waker = self.waker.clone();
+        handle.set_waker(Box::new(move || {
+            let _ = waker.wake();
+        }));
+        let thread_id = self.thread_id.clone();
+        handle.set_stack_capture(Box::new(move || capture_stack(thread_id.load(Ordering::Relaxed))));
+        let heartbeat = handle.heartbeat();
+        let now = crate::clock::now_ns();
+        Ok(Link { handle, heartbeat, next_sample_ns: now + SAMPLE_INTERVAL_NS, next_tables_ns: now })
+    }
+
+    /// End of an iteration: sample and publish what is due.
+    pub(crate) fn publish(&self, py: Python<'_>, link: &mut Link, now_ns: u64) -> PyResult<()> {
+        if now_ns >= link.next_sample_ns {
+            link.next_sample_ns = now_ns + SAMPLE_INTERVAL_NS;
+            let sample = self.state.with(py, |s| {
+                let mut sample = s.recorder.take_sample(inspector::clock::unix_ms());
+                sample.timers_pending = (s.timers.len() - s.timers.cancelled_len().min(s.timers.len())) as u64;
+                sample.fds_registered = s.watchers.len() as u64 + s.watchers.transport_count() as u64;
+                sample.tasks_live = s.tasks.live_len() as u64;
+                sample.tasks_created = s.tasks.created_total;
+                sample.tasks_finished = s.tasks.finished_total;
+                sample.transports_open = s.watchers.transport_count() as u64;
+                sample
+            });
+            link.handle.publish_sample(sample);
+        }
+        if now_ns >= link.next_tables_ns {
+            link.next_tables_ns = now_ns + TABLES_INTERVAL_NS;
+            link.handle.publish_tables(self.build_tables(py)?);
+        }
+        Ok(())
+    }
+
+    /// Top of an iteration: answer what the inspector asked.
+    pub(crate) fn answer_queries(&self, py: Python<'_>, link: &Link) -> PyResult<()> {
+        if !link.handle.has_queries() {
+            return Ok(());
+        }
+        for query in link.handle.take_queries() {
+            match query.kind() {
+                QueryKind::Tables => {
+                    let tables = self.build_tables(py)?;
+                    query.answer(QueryReply::Tables(tables));
+                }
+                QueryKind::TaskStack { task_id } => {
+                    let stack = self.task_stack_text(py, *task_id).ok().flatten();
+                    query.answer(QueryReply::TaskStack(stack));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn build_tables(&self, py: Python<'_>) -> PyResult<Tables> {
+        Ok(Tables {
+            unix_ms: inspector::clock::unix_ms(),
+            tasks: self.task_records(py, TABLE_ROWS)?.into_iter().map(|(r, _)| r).collect(),
+            transports: self.transport_records(py)?,
+            servers: Vec::new(),
+            callback_sites: self.site_records(py, "total", TABLE_ROWS),
+            slow_callbacks: self.slow_records(py),
+            truncated: false,
+        })
+    }
+
+    /// Live tasks (busiest first, at most `limit`) then recently finished ones,
+    /// each with the task object while it is alive.
+    pub(crate) fn task_records<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Vec<(TaskRecord, Option<Bound<'py, PyAny>>)>> {
+        struct Row {
+            weak: Option<Py<PyAny>>,
+            code: Option<Py<PyAny>>,
+            name: Option<String>,
+            record: TaskRecord,
+        }
+        let rows: Vec<Row> = self.state.with(py, |s| {
+            let row = |e: &crate::tasks::TaskEntry, live: bool| Row {
+                weak: live.then(|| e.weak.clone_ref(py)),
+                code: e.code.as_ref().map(|c| c.clone_ref(py)),
+                name: e.name.clone(),
+                record: TaskRecord {
+                    id: e.id,
+                    name: String::new(),
+                    coro: String::new(),
+                    defined_at: String::new(),
+                    parent_id: e.parent,
+                    created_unix_ms: e.created_unix_ms,
+                    finished_unix_ms: e.finished_unix_ms,
+                    state: task_state(e.state),
+                    exception_type: e.exception_type.clone(),
+                    steps: e.steps,
+                    busy_ns: e.busy_ns,
+                    longest_step_ns: e.longest_step_ns,
+                    last_scheduled_delay_ns: e.last_delay_ns,
+                },
+            };
+            let mut live: Vec<&crate::tasks::TaskEntry> = s.tasks.live().map(|(_, e)| e).collect();
+            if live.len() > limit {
+                live.select_nth_unstable_by(limit, |a, b| b.busy_ns.cmp(&a.busy_ns));
+                live.truncate(limit);
+            }
+            let mut rows: Vec<Row> = live.into_iter().map(|e| row(e, true)).collect();
+            rows.sort_by_key(|r| r.record.id);
+            rows.extend(s.tasks.finished().map(|e| row(e, false)));
+            rows
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for mut row in rows {
+            let task = match &row.weak {
+                Some(weak) => {
+                    let t = weak.bind(py).call0()?;
+                    if t.is_none() {
+                        continue; // collected while pending; pruned later
+                    }
+                    Some(t)
+                }
+                None => None,
+            };
+            row.record.name = match &task {
+                Some(t) => t.call_method0("get_name")?.extract::<String>().unwrap_or_default(),
+                None => row.name.unwrap_or_default(),
+            };
+            if let Some(code) = &row.code {
+                let site = sites::describe(code.bind(py));
+                row.record.defined_at = format!("{}:{}", site.file, site.line);
+                row.record.coro = site.qualname;
+            }
+            out.push((row.record, task));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn site_records(&self, py: Python<'_>, order: &str, limit: usize) -> Vec<CallbackSite> {
+        let top = self.state.with(py, |s| s.sites.top(py, order, limit));
+        top.into_iter()
+            .map(|(addr, owner, stats): (usize, SiteOwner, _)| {
+                let name = owner.describe(py);
+                CallbackSite {
+                    id: addr as u64,
+                    qualname: name.qualname,
+                    file: name.file,
+                    line: name.line,
+                    count: stats.count,
+                    total_ns: stats.total_ns,
+                    max_ns: stats.max_ns,
+                }
+            })
+            .collect()
+    }
+
+    pub(crate) fn slow_records(&self, py: Python<'_>) -> Vec<SlowCallbackEvent> {
+        self.state.with(py, |s| s.slow.events()).into_iter().map(|e| SlowCallbackEvent {
+            unix_ms: e.unix_ms,
+            duration_ns: e.duration_ns,
+            site: format!("{} ({}:{})", e.site.qualname, e.site.file, e.site.line),
+            task_id: e.task_id,
+            task_name: e.task_name,
+            traceback: e.traceback,
+        }).collect()
+    }
+
+    pub(crate) fn transport_records(&self, py: Python<'_>) -> PyResult<Vec<TransportRecord>> {
+        let transports = self.state.with(py, |s| s.watchers.transports(py));
+        let mut out = Vec::with_capacity(transports.len());
+        for t in transports {
+            out.push(t.bind(py).get().record(py)?);
+        }
+        Ok(out)
+    }
+
+    /// A task's await chain as text, one frame per line (None: no such task).
+    pub(crate) fn task_stack_text(&self, py: Python<'_>, task_id: u64) -> PyResult<Option<String>> {
+        let weak = self.state.with(py, |s| s.tasks.live().find(|(_, e)| e.id == task_id).map(|(_, e)| e.weak.clone_ref(py)));
+        let Some(weak) = weak else { return Ok(None) };
+        let task = weak.bind(py).call0()?;
+        if task.is_none() {
+            return Ok(None);
+        }
+        let frames = py.import("glassloop._stacks")?.call_method1("await_stack_text", (task,))?;
+        Ok(Some(frames.extract()?))
+    }
+}
+
+/// Called by the inspector's capture thread (never the loop thread): the loop
+/// thread's Python stack. Takes the GIL, which a stalled callback that runs Python
+/// code gives up every switch interval; the inspector bounds the wait.
+fn capture_stack(thread_id: u64) -> Option<String> {
+    if thread_id == 0 {
+        return None;
+    }
+    Python::attach(|py| {
+        let text = py.import("glassloop._stacks").ok()?.call_method1("thread_stack_text", (thread_id,)).ok()?;
+        text.extract::<Option<String>>().ok().flatten()
+    })
+}
