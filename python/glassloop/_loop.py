@@ -10,7 +10,10 @@ through `_add_reader`/`_add_writer`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
+import io
+import os
 import selectors
 import socket
 import sys
@@ -87,7 +90,7 @@ class StreamTransport(asyncio.transports._FlowControlMixin):
     the Rust core's own, bound into the instance so a call costs no Python frame.
     """
 
-    _sendfile_compatible = asyncio.constants._SendfileMode.FALLBACK
+    _sendfile_compatible = asyncio.constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = True
 
     def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, extra: dict | None, server: Any) -> None:
@@ -123,6 +126,7 @@ _CORE_METHODS = (
     "pause_reading", "resume_reading", "is_reading", "get_write_buffer_size",
     "get_write_buffer_limits", "set_write_buffer_limits", "set_protocol", "get_protocol",
     "get_extra_info", "_start_reading", "_call_connection_lost",
+    "_make_empty_waiter", "_reset_empty_waiter", "_wait_writable",
 )
 
 
@@ -184,6 +188,44 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        """`loop.sendfile()` on a Rust transport: sendfile(2) straight from the file
+        to the socket, waiting on the transport's own writable events."""
+        if not isinstance(transp, StreamTransport):
+            return await super()._sendfile_native(transp, file, offset, count)
+        try:
+            in_fd = file.fileno()
+            size = os.fstat(in_fd).st_size
+        except (AttributeError, io.UnsupportedOperation, OSError) as exc:
+            raise asyncio.exceptions.SendfileNotAvailableError("not a regular file") from exc
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        end = offset + count if count else size
+        position, sent = offset, 0
+        try:
+            while position < end:
+                try:
+                    n = os.sendfile(transp._sock_fd, in_fd, position, min(end - position, 1 << 30))
+                except BlockingIOError:
+                    await transp._wait_writable()
+                    continue
+                except OSError as exc:
+                    if sent == 0 and exc.errno in (errno.ENOTSOCK, errno.ENOSYS, errno.EINVAL):
+                        raise asyncio.exceptions.SendfileNotAvailableError("os.sendfile() is not available") from exc
+                    raise
+                if n == 0:
+                    break  # end of file
+                position += n
+                sent += n
+            return sent
+        finally:
+            if sent:
+                file.seek(position)
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
 
     # asyncio's Python code schedules through these private entry points.
     def _call_soon(self, callback, args, context):

@@ -75,6 +75,10 @@ struct Inner {
     read_done: bool,
     conn_lost: u32,
     protocol_paused: bool,
+    /// `loop.sendfile()`: resolved once the write buffer is empty; writes are refused meanwhile.
+    empty_waiter: Option<Py<PyAny>>,
+    /// Resolved at the next writable event (native sendfile waits on it after EAGAIN).
+    writable_waiter: Option<Py<PyAny>>,
     created_unix_ms: u64,
     /// When reading / the protocol's writing was paused (monotonic ns), and the totals.
     paused_reading_since: u64,
@@ -279,6 +283,9 @@ impl StreamTransport {
             }
             if writable {
                 Self::write_ready(slf)?;
+                if let Some(w) = this.inner.with(py, |i| i.writable_waiter.take()) {
+                    resolve(w.bind(py), None)?;
+                }
             }
             Ok(())
         })
@@ -476,10 +483,19 @@ impl StreamTransport {
         });
         match sent {
             None => Ok(()),
-            Some(Err(errno)) => Self::fatal_error(slf, os_error_from_errno(errno), "Fatal write error on socket transport"),
+            Some(Err(errno)) => {
+                let err = os_error_from_errno(errno);
+                if let Some(w) = this.inner.with(py, |i| i.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
+                    resolve(w.bind(py), Some(err.value(py).clone().into_any()))?;
+                }
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")
+            }
             Some(Ok(empty)) => {
                 Self::maybe_resume_protocol(slf)?;
                 if empty {
+                    if let Some(w) = this.inner.with(py, |i| i.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
+                        resolve(w.bind(py), None)?;
+                    }
                     let (closing, eof) = this.inner.with(py, |i| (i.closing, i.eof));
                     if closing {
                         Self::call_connection_lost(slf, None)?;
@@ -613,9 +629,12 @@ impl StreamTransport {
     /// Refuses writes as asyncio does; Ok(false) means "drop silently" (connection lost).
     fn write_allowed(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
-        let (eof, conn_lost) = slf.get().inner.with(py, |i| (i.eof, i.conn_lost));
+        let (eof, conn_lost, sendfile) = slf.get().inner.with(py, |i| (i.eof, i.conn_lost, i.empty_waiter.is_some()));
         if eof {
             return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
         }
         if conn_lost > 0 {
             if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
@@ -731,6 +750,8 @@ impl StreamTransport {
                 read_done: false,
                 conn_lost: 0,
                 protocol_paused: false,
+                empty_waiter: None,
+                writable_waiter: None,
                 created_unix_ms: inspector::clock::unix_ms(),
                 paused_reading_since: 0,
                 paused_writing_since: 0,
@@ -967,10 +988,39 @@ impl StreamTransport {
         self.fd
     }
 
-    /// loop.sendfile() on this transport goes through the write path.
-    #[getter]
-    fn _sendfile_compatible(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(py.import("asyncio.constants")?.getattr("_SendfileMode")?.getattr("FALLBACK")?.unbind())
+    /// A future resolved when everything written so far has gone to the kernel.
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.inner.with(py, |i| i.empty_waiter.is_some()) {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let lp = this.loop_obj(py).ok_or_else(|| PyRuntimeError::new_err("transport is closed"))?;
+        let fut = lp.call_method0("create_future")?;
+        let empty = this.inner.with(py, |i| {
+            i.empty_waiter = Some(fut.clone().unbind());
+            i.buffer.is_empty()
+        });
+        if empty {
+            resolve(&fut, None)?;
+        }
+        Ok(fut.unbind())
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.inner.with(py, |i| i.empty_waiter.take());
+        drop(old);
+    }
+
+    /// A future resolved at the socket's next writable event (after an EAGAIN).
+    fn _wait_writable(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        let lp = this.loop_obj(py).ok_or_else(|| PyRuntimeError::new_err("transport is closed"))?;
+        let fut = lp.call_method0("create_future")?;
+        let old = this.inner.with(py, |i| i.writable_waiter.replace(fut.clone().unbind()));
+        drop(old);
+        Ok(fut.unbind())
     }
 
     #[getter]
@@ -1005,6 +1055,8 @@ impl StreamTransport {
                 visit.call(&i.facade)?;
                 visit.call(&i.sock)?;
                 visit.call(&i.server)?;
+                visit.call(&i.empty_waiter)?;
+                visit.call(&i.writable_waiter)?;
                 if let Some(p) = &i.protocol {
                     visit.call(&p.obj)?;
                     visit.call(&p.data_received)?;
@@ -1051,4 +1103,16 @@ impl StreamTransport {
         drop((sock, lp, server, proto, facade));
         result
     }
+}
+
+/// Completes a future unless it is already done (cancelled by its awaiter, say).
+fn resolve(fut: &Bound<'_, PyAny>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    if fut.call_method0("done")?.is_truthy()? {
+        return Ok(());
+    }
+    match exc {
+        None => fut.call_method1("set_result", (fut.py().None(),))?,
+        Some(e) => fut.call_method1("set_exception", (e,))?,
+    };
+    Ok(())
 }
