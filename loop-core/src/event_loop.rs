@@ -242,17 +242,14 @@ impl LoopCore {
         // 3. Queue I/O callbacks and due timers.
         let mut garbage_timers = Vec::new();
         {
-            let mut p = self.poller.lock().unwrap_or_else(|e| e.into_inner());
-            if skip_poll {
-                p.events.clear();
-            }
+            let p = if skip_poll { None } else { Some(self.poller.lock().unwrap_or_else(|e| e.into_inner())) };
             self.state.with(py, |s| {
                 s.recorder.iterations += 1;
                 s.recorder.idle_ns += poll_end - poll_start;
                 if !skip_poll {
                     s.last_poll_ns = poll_end;
                 }
-                for event in p.events.iter() {
+                for event in p.iter().flat_map(|p| p.events.iter()) {
                     if event.token() == WAKER_TOKEN {
                         continue; // the thread that woke us already queued its handle
                     }
@@ -552,9 +549,10 @@ impl LoopCore {
         self.check_closed()?;
         let debug = self.is_debug();
         if debug {
+            // asyncio checks the thread and the callback only in debug mode.
             self.check_thread()?;
+            check_callback(py, &callback, "call_soon")?;
         }
-        check_callback(py, &callback, "call_soon")?;
         self.schedule(py, Handle::new(py, callback, args, context, debug)?)
     }
 
@@ -568,7 +566,9 @@ impl LoopCore {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         self.check_closed()?;
-        check_callback(py, &callback, "call_soon_threadsafe")?;
+        if self.is_debug() {
+            check_callback(py, &callback, "call_soon_threadsafe")?;
+        }
         let handle = self.schedule(py, Handle::new(py, callback, args, context, self.is_debug())?)?;
         // The loop sets `sleeping` while holding the GIL, right before it releases it
         // to poll, so under the GIL we either see it set (and wake the poll) or the
@@ -611,8 +611,8 @@ impl LoopCore {
         self.check_closed()?;
         if self.is_debug() {
             self.check_thread()?;
+            check_callback(py, &callback, "call_at")?;
         }
-        check_callback(py, &callback, "call_at")?;
         self.new_timer(py, when, &callback, &args, context)
     }
 
@@ -664,13 +664,53 @@ impl LoopCore {
         self.drop_scheduled(py);
     }
 
+    /// Schedules a coroutine as a task, as asyncio's `create_task`, and adds it to
+    /// the task table. The common case (no task factory, no debug mode, only
+    /// `name`/`context`) builds the C `Task` directly; everything else goes through
+    /// asyncio's own `create_task` (`_create_task_slow` on the Python side).
+    #[pyo3(signature = (coro, *, name = None, context = None, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let extra_kwargs = kwargs.is_some_and(|k| !k.is_empty());
+        let factory = slf.getattr(pyo3::intern!(py, "_task_factory"))?;
+        if this.is_debug() || extra_kwargs || !factory.is_none() {
+            let all = kwargs.map(|k| k.copy()).transpose()?.unwrap_or_else(|| PyDict::new(py));
+            if let Some(n) = name {
+                all.set_item("name", n)?;
+            }
+            if let Some(c) = context {
+                all.set_item("context", c)?;
+            }
+            return slf.call_method(pyo3::intern!(py, "_create_task_slow"), (coro,), Some(&all));
+        }
+        let kw = PyDict::new(py);
+        kw.set_item(pyo3::intern!(py, "loop"), slf)?;
+        if let Some(n) = name {
+            kw.set_item(pyo3::intern!(py, "name"), n)?;
+        }
+        if let Some(c) = context {
+            kw.set_item(pyo3::intern!(py, "context"), c)?;
+        }
+        let task = stdlib::task_type(py)?.call((coro,), Some(&kw))?;
+        this._task_created(py, &task)?;
+        Ok(task)
+    }
+
     /// Adds a task made by `create_task` to the task table.
     fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
-        let weak = py.import("weakref")?.getattr("ref")?.call1((task,))?.unbind();
+        let weak = pyo3::types::PyWeakrefReference::new(task)?.into_any().unbind();
         let code = task
-            .call_method0("get_coro")
+            .call_method0(pyo3::intern!(py, "get_coro"))
             .ok()
-            .and_then(|c| c.getattr("cr_code").or_else(|_| c.getattr("gi_code")).ok())
+            .and_then(|c| c.getattr(pyo3::intern!(py, "cr_code")).or_else(|_| c.getattr(pyo3::intern!(py, "gi_code"))).ok())
             .map(Bound::unbind);
         let created_unix_ms = unix_ms();
         let gone = self.state.with(py, |s| {
@@ -936,8 +976,6 @@ impl LoopCore {
     fn add_watcher(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, side: Side, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
-        let method = if side == Side::Read { "add_reader" } else { "add_writer" };
-        check_callback(py, &callback, method)?;
         let handle = Py::new(py, Handle::new(py, callback, args, None, self.is_debug())?)?;
         let watched = handle.clone_ref(py);
         let replaced = self.state.with(py, |s| s.watchers.add(&self.registry, fd, side, watched)).map_err(os_error)?;

@@ -8,7 +8,7 @@
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// At most this many distinct sites are tracked; the rest are summed as "other".
 pub const MAX_SITES: usize = 4096;

@@ -11,7 +11,8 @@
 use crate::handles::is_task_step_wrapper;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 
 pub const FINISHED_KEPT: usize = 1024;
 

@@ -18,7 +18,8 @@ import selectors
 import socket
 import sys
 import threading
-from asyncio import events, futures
+import warnings
+from asyncio import events, futures, sslproto
 from typing import Any
 
 from . import _core, _stacks
@@ -120,13 +121,21 @@ class StreamTransport(asyncio.transports._FlowControlMixin):
     def __repr__(self) -> str:
         return repr(self._core).replace("StreamTransport", type(self).__name__, 1)
 
+    def __del__(self, _warn=warnings.warn) -> None:
+        # As asyncio's transports: a transport dropped while open warns and closes its socket.
+        core = self.__dict__.get("_core")
+        sock = core._sock if core is not None else None
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
 
 _CORE_METHODS = (
     "write", "writelines", "write_eof", "can_write_eof", "abort", "close", "is_closing",
     "pause_reading", "resume_reading", "is_reading", "get_write_buffer_size",
     "get_write_buffer_limits", "set_write_buffer_limits", "set_protocol", "get_protocol",
     "get_extra_info", "_start_reading", "_call_connection_lost",
-    "_make_empty_waiter", "_reset_empty_waiter", "_wait_writable",
+    "_make_empty_waiter", "_reset_empty_waiter", "_wait_writable", "_force_close",
 )
 
 
@@ -227,6 +236,16 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
             if resume_reading:
                 transp.resume_reading()
 
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None, server=None, **timeouts):
+        # TLS runs asyncio's SSLProtocol over a Rust transport, so TLS traffic has the
+        # Rust data path and its counters too.
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname, **timeouts
+        )
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
     # asyncio's Python code schedules through these private entry points.
     def _call_soon(self, callback, args, context):
         return self.call_soon(callback, *args, context=context)
@@ -239,9 +258,10 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         self._add_callback(handle)
         self._write_to_self()
 
-    def create_task(self, coro, **kwargs):
-        """Schedule a coroutine as a task (as asyncio does) and add it to the task table."""
-        task = super().create_task(coro, **kwargs)
+    def _create_task_slow(self, coro, **kwargs):
+        # create_task() with a task factory, in debug mode, or with newer keywords:
+        # asyncio's own code, then the task table.
+        task = asyncio.SelectorEventLoop.create_task(self, coro, **kwargs)
         self._task_created(task)
         return task
 

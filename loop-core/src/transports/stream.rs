@@ -17,7 +17,7 @@ use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::with_context;
 use crate::stdlib;
-use pyo3::buffer::PyBuffer;
+use pyo3::ffi;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
 
 use pyo3::prelude::*;
@@ -33,18 +33,56 @@ const MAX_READ: usize = 256 * 1024;
 /// asyncio warns once a closed transport has been written to this many times.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
+/// A contiguous view of any buffer-protocol object, of any item format (as
+/// `socket.send` accepts), released on drop.
+struct RawBuffer {
+    view: Box<ffi::Py_buffer>,
+}
+
+impl RawBuffer {
+    fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<RawBuffer> {
+        // SAFETY: a zeroed Py_buffer is what PyObject_GetBuffer expects to fill;
+        // the Box keeps its address stable until PyBuffer_Release in Drop.
+        let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
+        let flags = if writable { ffi::PyBUF_WRITABLE } else { ffi::PyBUF_SIMPLE };
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, flags) } != 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        Ok(RawBuffer { view })
+    }
+
+    fn len(&self) -> usize {
+        self.view.len as usize
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: PyBUF_SIMPLE/WRITABLE views are contiguous bytes of `len`.
+        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.len()) }
+    }
+
+    fn as_mut_ptr(&self) -> *mut libc::c_void {
+        self.view.buf
+    }
+}
+
+impl Drop for RawBuffer {
+    fn drop(&mut self) {
+        // SAFETY: obtained by PyObject_GetBuffer; our callers hold the GIL.
+        unsafe { ffi::PyBuffer_Release(&mut *self.view) };
+    }
+}
+
 thread_local! {
     // Each loop thread reads into one buffer; data_received gets a bytes copy of
     // what was read, as with any socket.recv().
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
 }
 
+/// The protocol, and whether it is a BufferedProtocol (decided at set_protocol,
+/// as asyncio does; its methods are looked up at each call, as asyncio does).
 struct Protocol {
     obj: Py<PyAny>,
     buffered: bool,
-    data_received: Option<Py<PyAny>>,
-    get_buffer: Option<Py<PyAny>>,
-    buffer_updated: Option<Py<PyAny>>,
 }
 
 /// Counters for the transport table.
@@ -298,26 +336,19 @@ impl StreamTransport {
             if i.conn_lost > 0 || i.closing || i.paused || !i.started || i.read_done {
                 return None;
             }
-            i.protocol.as_ref().map(|p| {
-                (
-                    p.buffered,
-                    p.data_received.as_ref().map(|c| c.clone_ref(py)),
-                    p.get_buffer.as_ref().map(|c| c.clone_ref(py)),
-                    p.buffer_updated.as_ref().map(|c| c.clone_ref(py)),
-                )
-            })
+            i.protocol.as_ref().map(|p| (p.buffered, p.obj.clone_ref(py)))
         });
-        let Some((buffered, data_received, get_buffer, buffer_updated)) = proto else {
+        let Some((buffered, protocol)) = proto else {
             return Ok(ReadOutcome::Closed);
         };
         if buffered {
-            Self::read_into_protocol_buffer(slf, get_buffer, buffer_updated)
+            Self::read_into_protocol_buffer(slf, protocol.bind(py))
         } else {
-            Self::read_to_bytes(slf, data_received)
+            Self::read_to_bytes(slf, protocol.bind(py))
         }
     }
 
-    fn read_to_bytes(slf: &Bound<'_, Self>, data_received: Option<Py<PyAny>>) -> PyResult<ReadOutcome> {
+    fn read_to_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<ReadOutcome> {
         let this = slf.get();
         let py = slf.py();
         let read = READ_BUFFER.with(|buf| {
@@ -350,10 +381,7 @@ impl StreamTransport {
             i.stats.bytes_in += n as u64;
             i.stats.calls_in += 1;
         });
-        let result = match &data_received {
-            Some(cb) => cb.bind(py).call1((data,)).map(drop),
-            None => Err(PyTypeError::new_err("protocol has no data_received()")),
-        };
+        let result = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,)).map(drop);
         if let Err(err) = result {
             if is_fatal_signal(py, &err) {
                 return Err(err);
@@ -364,16 +392,13 @@ impl StreamTransport {
         Ok(if n == MAX_READ { ReadOutcome::More } else { ReadOutcome::Short })
     }
 
-    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, get_buffer: Option<Py<PyAny>>, buffer_updated: Option<Py<PyAny>>) -> PyResult<ReadOutcome> {
+    fn read_into_protocol_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<ReadOutcome> {
         let this = slf.get();
         let py = slf.py();
-        let buffer = (|| -> PyResult<PyBuffer<u8>> {
-            let obj = get_buffer.ok_or_else(|| PyTypeError::new_err("protocol has no get_buffer()"))?.bind(py).call1((-1,))?;
-            let buf = PyBuffer::<u8>::get(&obj)?;
-            if buf.readonly() || !buf.is_c_contiguous() {
-                return Err(PyTypeError::new_err("get_buffer() must return a writable, contiguous buffer"));
-            }
-            if buf.len_bytes() == 0 {
+        let buffer = (|| -> PyResult<RawBuffer> {
+            let obj = protocol.call_method1(pyo3::intern!(py, "get_buffer"), (-1,))?;
+            let buf = RawBuffer::get(&obj, true)?;
+            if buf.len() == 0 {
                 return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
             }
             Ok(buf)
@@ -388,11 +413,11 @@ impl StreamTransport {
                 return Ok(ReadOutcome::Closed);
             }
         };
-        let len = buffer.len_bytes();
+        let len = buffer.len();
         let n = loop {
-            // SAFETY: the buffer is writable and C-contiguous for `len` bytes, and stays
+            // SAFETY: the buffer is writable and contiguous for `len` bytes, and stays
             // exported (so it cannot move) until `buffer` is released below.
-            let n = unsafe { libc::recv(this.fd, buffer.buf_ptr(), len, 0) };
+            let n = unsafe { libc::recv(this.fd, buffer.as_mut_ptr(), len, 0) };
             if n >= 0 {
                 break Ok(n as usize);
             }
@@ -417,10 +442,7 @@ impl StreamTransport {
             i.stats.bytes_in += n as u64;
             i.stats.calls_in += 1;
         });
-        let result = match &buffer_updated {
-            Some(cb) => cb.bind(py).call1((n,)).map(drop),
-            None => Err(PyTypeError::new_err("protocol has no buffer_updated()")),
-        };
+        let result = protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (n,)).map(drop);
         if let Err(err) = result {
             if is_fatal_signal(py, &err) {
                 return Err(err);
@@ -490,8 +512,9 @@ impl StreamTransport {
                 }
                 Self::fatal_error(slf, err, "Fatal write error on socket transport")
             }
-            Some(Ok(empty)) => {
-                Self::maybe_resume_protocol(slf)?;
+            Some(Ok(_)) => {
+                Self::maybe_resume_protocol(slf)?; // may write more
+                let empty = this.inner.with(py, |i| i.buffer.is_empty());
                 if empty {
                     if let Some(w) = this.inner.with(py, |i| i.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
                         resolve(w.bind(py), None)?;
@@ -612,30 +635,32 @@ impl StreamTransport {
     }
 
     /// The bytes of a write() argument, with asyncio's type check.
-    fn check_bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<PyBuffer<u8>> {
+    fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<RawBuffer> {
         if !(data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
             return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {:?}",
-                data.get_type().name()?.to_string()
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
             )));
         }
-        let buf = PyBuffer::<u8>::get(data)?;
-        if !buf.is_c_contiguous() {
-            return Err(PyValueError::new_err("write() needs a C-contiguous buffer"));
-        }
-        Ok(buf)
+        RawBuffer::get(data, false)
     }
 
-    /// Refuses writes as asyncio does; Ok(false) means "drop silently" (connection lost).
-    fn write_allowed(slf: &Bound<'_, Self>) -> PyResult<bool> {
-        let py = slf.py();
-        let (eof, conn_lost, sendfile) = slf.get().inner.with(py, |i| (i.eof, i.conn_lost, i.empty_waiter.is_some()));
+    /// The errors asyncio raises for a write at the wrong time.
+    fn check_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let (eof, sendfile) = slf.get().inner.with(slf.py(), |i| (i.eof, i.empty_waiter.is_some()));
         if eof {
             return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
         }
         if sendfile {
             return Err(PyRuntimeError::new_err("unable to write; sendfile is in progress"));
         }
+        Ok(())
+    }
+
+    /// Ok(false) means "drop silently": the connection is lost (asyncio counts those writes).
+    fn write_allowed(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let conn_lost = slf.get().inner.with(py, |i| i.conn_lost);
         if conn_lost > 0 {
             if conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                 stdlib::asyncio_logger(py)?.call_method1("warning", ("socket.send() raised exception.",))?;
@@ -682,17 +707,8 @@ impl StreamTransport {
     }
 
     fn set_protocol_inner(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let buffered_cls = py.import("asyncio")?.getattr("BufferedProtocol")?;
-        let buffered = protocol.is_instance(&buffered_cls)?;
-        let method = |name: &str| protocol.getattr(name).ok().map(Bound::unbind);
-        let proto = Protocol {
-            obj: protocol.clone().unbind(),
-            buffered,
-            data_received: if buffered { None } else { method("data_received") },
-            get_buffer: if buffered { method("get_buffer") } else { None },
-            buffer_updated: if buffered { method("buffer_updated") } else { None },
-        };
-        let old = self.inner.with(py, |i| i.protocol.replace(proto));
+        let buffered = protocol.is_instance(stdlib::buffered_protocol(py)?)?;
+        let old = self.inner.with(py, |i| i.protocol.replace(Protocol { obj: protocol.clone().unbind(), buffered }));
         drop(old);
         Ok(())
     }
@@ -797,14 +813,12 @@ impl StreamTransport {
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let buf = Self::check_bytes_like(data)?;
-        if !Self::write_allowed(slf)? || buf.len_bytes() == 0 {
+        Self::check_writable(slf)?;
+        // As in asyncio: empty writes return before the connection-lost accounting.
+        if buf.len() == 0 || !Self::write_allowed(slf)? {
             return Ok(());
         }
-        // SAFETY: the buffer is C-contiguous, and stays exported for the call.
-        let bytes = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
-        let result = Self::send_or_buffer(slf, &[bytes]);
-        drop(buf);
-        result
+        Self::send_or_buffer(slf, &[buf.as_slice()])
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -813,21 +827,12 @@ impl StreamTransport {
         for item in list_of_data.try_iter()? {
             bufs.push(Self::check_bytes_like(&item?)?);
         }
-        if !Self::write_allowed(slf)? {
+        Self::check_writable(slf)?;
+        let parts: Vec<&[u8]> = bufs.iter().filter(|b| b.len() > 0).map(RawBuffer::as_slice).collect();
+        if parts.is_empty() || !Self::write_allowed(slf)? {
             return Ok(());
         }
-        // SAFETY: as in write(): contiguous buffers, exported until released below.
-        let parts: Vec<&[u8]> = bufs
-            .iter()
-            .filter(|b| b.len_bytes() > 0)
-            .map(|b| unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const u8, b.len_bytes()) })
-            .collect();
-        let result = if parts.is_empty() { Ok(()) } else { Self::send_or_buffer(slf, &parts) };
-        drop(parts);
-        for b in bufs {
-            drop(b);
-        }
-        result
+        Self::send_or_buffer(slf, &parts)
     }
 
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -875,6 +880,13 @@ impl StreamTransport {
     /// Closes now, dropping buffered data.
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
         Self::force_close(slf, None)
+    }
+
+    /// asyncio's private `_force_close(exc)` (used by its SSLProtocol): abort, and
+    /// give `exc` to `connection_lost`.
+    #[pyo3(signature = (exc = None))]
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        Self::force_close(slf, exc.map(Bound::unbind))
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
@@ -945,7 +957,7 @@ impl StreamTransport {
             (None, Some(l)) => 4 * l,
             (None, None) => DEFAULT_HIGH_WATER as i64,
         };
-        let low = low.unwrap_or(high / 4);
+        let low = low.unwrap_or(high.div_euclid(4)); // Python's floor division
         if !(high >= low && low >= 0) {
             return Err(PyValueError::new_err(format!("high ({high}) must be >= low ({low}) must be >= 0")));
         }
@@ -1059,9 +1071,6 @@ impl StreamTransport {
                 visit.call(&i.writable_waiter)?;
                 if let Some(p) = &i.protocol {
                     visit.call(&p.obj)?;
-                    visit.call(&p.data_received)?;
-                    visit.call(&p.get_buffer)?;
-                    visit.call(&p.buffer_updated)?;
                 }
                 Ok(())
             })
