@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every suite: cargo test, pytest on each Python, the CPython conformance
-# runner, and a benchmark smoke run. One summary line per suite, then a total.
+# Runs every suite: cargo test, the dashboard's unit tests, pytest and the CPython
+# conformance runner on each Python, the dashboard in headless Chromium, and a
+# benchmark smoke run. One summary line per suite, then a total.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONDONTWRITEBYTECODE=1
@@ -9,7 +10,7 @@ results=()
 passed=0
 failed=0
 
-suite() {  # suite NAME CMD...: runs CMD, keeps its output, records pass/fail with its last line
+suite() {  # suite NAME CMD...: runs CMD, keeps its output, records pass/fail with its last summary line
     local name=$1; shift
     local log="$logdir/$name.log"
     local start=$SECONDS
@@ -17,7 +18,7 @@ suite() {  # suite NAME CMD...: runs CMD, keeps its output, records pass/fail wi
     "$@" 2>&1 | tee "$log"
     local rc=${PIPESTATUS[0]}
     local last
-    last=$(grep -E "passed|failed|error|test result" "$log" | tail -n1)
+    last=$(grep -E "passed|failed|[0-9]+ pass|test result|floor" "$log" | tail -n1)
     if [ "$rc" -eq 0 ]; then
         passed=$((passed + 1)); results+=("PASS $name ($((SECONDS - start))s): $last")
     else
@@ -27,17 +28,20 @@ suite() {  # suite NAME CMD...: runs CMD, keeps its output, records pass/fail wi
 
 suite setup scripts/setup.sh
 suite cargo-test cargo test --workspace --quiet
+if command -v npm >/dev/null; then
+    suite web-ui-unit bash -c "cd web-ui && npm test"
+fi
 for py in $(scripts/pythons.sh); do
     ver=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
     suite "pytest-$ver" "$py" -m pytest tests -q -p no:cacheprovider
+    suite "conformance-$ver" "$py" tests/conformance/run.py --loop glassloop:new_event_loop \
+        --test-timeout 60 --floor tests/conformance/floor.json
 done
 first=$(scripts/pythons.sh | head -n1)
-if [ -f tests/conformance/run.py ]; then
-    suite conformance "$first" tests/conformance/run.py --loop glassloop:new_event_loop --floor tests/conformance/floor.json
+if command -v npm >/dev/null && [ -x /usr/bin/chromium ]; then
+    suite browser bash -c "cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && GLASSLOOP_TARGET=demo npm test"
 fi
-if [ -f benches/compare.py ]; then
-    suite bench-smoke "$first" benches/compare.py --quick --loops asyncio:new_event_loop,glassloop:new_event_loop
-fi
+suite bench-smoke "$first" benches/compare.py --quick --loops asyncio:new_event_loop,glassloop:new_event_loop
 
 echo
 echo "=== summary (logs in $logdir)"

@@ -55,6 +55,10 @@ pub(crate) struct State {
     pub(crate) lag: hdrhistogram::Histogram<u64>,
     /// Present once the inspector runs in this process (see inspect.rs).
     pub(crate) link: Option<crate::inspect::Link>,
+    pub(crate) closed_bytes_in: u64,
+    /// Executor jobs: (queued, running, done in total).
+    pub(crate) executor: (u64, u64, u64),
+    pub(crate) closed_bytes_out: u64,
     pub(crate) timers: Timers,
     pub(crate) watchers: Watchers,
     pub(crate) recorder: Recorder,
@@ -197,19 +201,22 @@ impl LoopCore {
         let mut garbage_timers = Vec::new();
 
         // 1. How long may we sleep?
-        let (has_ready, next_when) = self.state.with(py, |s| {
+        let (has_ready, next_when, next_sample) = self.state.with(py, |s| {
             s.watchers.rearm(&self.registry);
-            (!s.ready.is_empty(), s.timers.next_when(py, &mut garbage_timers))
+            (!s.ready.is_empty(), s.timers.next_when(py, &mut garbage_timers), s.link.as_ref().map(|l| l.next_sample_ns))
         });
         drop(garbage_timers);
         let timeout = if has_ready || self.stopping.load(Ordering::Relaxed) {
             Some(Duration::ZERO)
         } else {
-            next_when.map(|when| {
-                let now = clock::now_ns();
-                let deadline = clock::secs_to_ns_ceil(when);
+            // An inspected loop also wakes for its next sample, so an idle loop keeps reporting.
+            let deadline = match (next_when.map(clock::secs_to_ns_ceil), next_sample) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            deadline.map(|deadline| {
                 // Round up to whole milliseconds (epoll's unit) so we never wake early.
-                let ms = deadline.saturating_sub(now).div_ceil(1_000_000);
+                let ms = deadline.saturating_sub(clock::now_ns()).div_ceil(1_000_000);
                 Duration::from_millis(ms).min(MAX_POLL_TIMEOUT)
             })
         };
@@ -246,6 +253,7 @@ impl LoopCore {
             self.state.with(py, |s| {
                 s.recorder.iterations += 1;
                 s.recorder.idle_ns += poll_end - poll_start;
+                s.now_ns = poll_end;
                 if !skip_poll {
                     s.last_poll_ns = poll_end;
                 }
@@ -493,6 +501,9 @@ impl LoopCore {
                 slow: SlowLog::default(),
                 lag: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static bounds"),
                 link: None,
+                closed_bytes_in: 0,
+                executor: (0, 0, 0),
+                closed_bytes_out: 0,
                 timers: Timers::default(),
                 watchers: Watchers::default(),
                 recorder: Recorder::new(record),
@@ -569,7 +580,11 @@ impl LoopCore {
         if self.is_debug() {
             check_callback(py, &callback, "call_soon_threadsafe")?;
         }
-        let handle = self.schedule(py, Handle::new(py, callback, args, context, self.is_debug())?)?;
+        let handle = Py::new(py, Handle::new(py, callback, args, context, self.is_debug())?)?;
+        let queued = handle.clone_ref(py);
+        // Another thread: the loop's cached "now" may be a whole poll old.
+        let queued_ns = clock::now_ns();
+        self.state.with(py, |s| s.ready.push_back(Ready::Call { handle: queued, queued_ns }));
         // The loop sets `sleeping` while holding the GIL, right before it releases it
         // to poll, so under the GIL we either see it set (and wake the poll) or the
         // loop has not computed its timeout yet (and will see our handle).
@@ -659,9 +674,20 @@ impl LoopCore {
     }
 
     /// Drops everything queued, timed and watched (called by `close()`).
-    fn _close_core(&self, py: Python<'_>) {
+    fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
         self.closed.store(true, Ordering::Relaxed);
+        // Tell the inspector everything up to now, then leave its hub (it shows the loop closed).
+        let link = self.state.with(py, |s| s.link.take());
+        let published = match link {
+            Some(mut l) => {
+                l.next_sample_ns = 0;
+                l.next_tables_ns = 0;
+                self.publish(py, &mut l, clock::now_ns())
+            }
+            None => Ok(()),
+        };
         self.drop_scheduled(py);
+        published
     }
 
     /// Schedules a coroutine as a task, as asyncio's `create_task`, and adds it to
@@ -702,6 +728,24 @@ impl LoopCore {
         let task = stdlib::task_type(py)?.call((coro,), Some(&kw))?;
         this._task_created(py, &task)?;
         Ok(task)
+    }
+
+    /// Executor bookkeeping, called (with the GIL) by the job wrapper of
+    /// `run_in_executor`: 0 = queued, 1 = started, 2 = finished after `duration_ns`.
+    #[pyo3(signature = (event, duration_ns = 0))]
+    fn _executor_event(&self, py: Python<'_>, event: u8, duration_ns: u64) {
+        self.state.with(py, |s| match event {
+            0 => s.executor.0 += 1,
+            1 => {
+                s.executor.0 = s.executor.0.saturating_sub(1);
+                s.executor.1 += 1;
+            }
+            _ => {
+                s.executor.1 = s.executor.1.saturating_sub(1);
+                s.executor.2 += 1;
+                s.recorder.executor_job(duration_ns);
+            }
+        });
     }
 
     /// Adds a task made by `create_task` to the task table.
@@ -859,7 +903,7 @@ impl LoopCore {
         d.set_item("ready_queue", ready)?;
         d.set_item("timers_pending", timers - timers_cancelled.min(timers))?;
         d.set_item("timers_in_heap", timers)?;
-        d.set_item("fds_registered", fds)?;
+        d.set_item("fds_registered", fds + self.state.with(py, |s| s.watchers.transport_count()))?;
         d.set_item("transports_open", self.state.with(py, |s| s.watchers.transport_count()))?;
         let cb = PyDict::new(py);
         cb.set_item("count", snap.callback_count)?;
@@ -883,6 +927,12 @@ impl LoopCore {
         d.set_item("tasks_created", tasks_created)?;
         d.set_item("tasks_finished", tasks_finished)?;
         d.set_item("callback_sites", sites)?;
+        let (queued, running, done) = self.state.with(py, |s| s.executor);
+        let ex = PyDict::new(py);
+        ex.set_item("queued", queued)?;
+        ex.set_item("running", running)?;
+        ex.set_item("done", done)?;
+        d.set_item("executor", ex)?;
         Ok(d)
     }
 
@@ -960,7 +1010,26 @@ impl LoopCore {
 
     pub(crate) fn deregister_transport(&self, py: Python<'_>, fd: RawFd) {
         let old = self.state.with(py, |s| s.watchers.remove_transport(&self.registry, fd));
+        if let Some(t) = &old {
+            // Keep the bytes of closed transports in the loop's totals.
+            let stats = t.get().stats(py);
+            self.state.with(py, |s| {
+                s.closed_bytes_in += stats.bytes_in;
+                s.closed_bytes_out += stats.bytes_out;
+            });
+        }
         drop(old);
+    }
+
+    /// Bytes moved by all Rust transports since the loop began: `(in, out)`.
+    pub(crate) fn transport_bytes(&self, py: Python<'_>) -> (u64, u64) {
+        let (live, mut total) = self.state.with(py, |s| (s.watchers.transports(py), (s.closed_bytes_in, s.closed_bytes_out)));
+        for t in live {
+            let st = t.get().stats(py);
+            total.0 += st.bytes_in;
+            total.1 += st.bytes_out;
+        }
+        total
     }
 
     /// Queues I/O work for a transport in the next iteration (reads that may have

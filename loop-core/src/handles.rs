@@ -413,8 +413,9 @@ pub(crate) unsafe fn is_task_step_wrapper(obj: *mut ffi::PyObject) -> bool {
     if !known.is_null() {
         return tp == known;
     }
-    let name = std::ffi::CStr::from_ptr((*tp).tp_name);
-    if name.to_bytes() == b"TaskStepMethWrapper" {
+    // "TaskStepMethWrapper" on 3.11, "_asyncio.TaskStepMethWrapper" from 3.12.
+    let name = std::ffi::CStr::from_ptr((*tp).tp_name).to_bytes();
+    if name == b"TaskStepMethWrapper" || name == b"_asyncio.TaskStepMethWrapper" {
         STEP_TYPE.store(tp, Ordering::Relaxed);
         return true;
     }

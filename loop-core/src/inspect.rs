@@ -42,6 +42,11 @@ pub struct Link {
     pub heartbeat: Arc<Heartbeat>,
     pub next_sample_ns: u64,
     pub next_tables_ns: u64,
+    /// Totals at the previous sample, so samples carry per-interval counts.
+    pub last_tasks_created: u64,
+    pub last_tasks_finished: u64,
+    pub last_bytes: (u64, u64),
+    pub last_executor_done: u64,
 }
 
 fn task_state(s: TaskState) -> RecordState {
@@ -75,23 +80,44 @@ impl LoopCore {
         handle.set_stack_capture(Box::new(move || capture_stack(thread_id.load(Ordering::Relaxed))));
         let heartbeat = handle.heartbeat();
         let now = crate::clock::now_ns();
-        Ok(Link { handle, heartbeat, next_sample_ns: now + SAMPLE_INTERVAL_NS, next_tables_ns: now })
+        // The first sample covers everything since the loop was made (as the
+        // recorder's first cut does), so the totals start at zero.
+        Ok(Link {
+            handle,
+            heartbeat,
+            next_sample_ns: now + SAMPLE_INTERVAL_NS,
+            next_tables_ns: now,
+            last_tasks_created: 0,
+            last_tasks_finished: 0,
+            last_bytes: (0, 0),
+            last_executor_done: 0,
+        })
     }
 
     /// End of an iteration: sample and publish what is due.
     pub(crate) fn publish(&self, py: Python<'_>, link: &mut Link, now_ns: u64) -> PyResult<()> {
         if now_ns >= link.next_sample_ns {
             link.next_sample_ns = now_ns + SAMPLE_INTERVAL_NS;
-            let sample = self.state.with(py, |s| {
+            let bytes = self.transport_bytes(py);
+            let mut sample = self.state.with(py, |s| {
                 let mut sample = s.recorder.take_sample(inspector::clock::unix_ms());
                 sample.timers_pending = (s.timers.len() - s.timers.cancelled_len().min(s.timers.len())) as u64;
                 sample.fds_registered = s.watchers.len() as u64 + s.watchers.transport_count() as u64;
                 sample.tasks_live = s.tasks.live_len() as u64;
-                sample.tasks_created = s.tasks.created_total;
-                sample.tasks_finished = s.tasks.finished_total;
+                sample.tasks_created = s.tasks.created_total - link.last_tasks_created;
+                sample.tasks_finished = s.tasks.finished_total - link.last_tasks_finished;
+                link.last_tasks_created = s.tasks.created_total;
+                link.last_tasks_finished = s.tasks.finished_total;
                 sample.transports_open = s.watchers.transport_count() as u64;
+                sample.executor_queued = s.executor.0;
+                sample.executor_running = s.executor.1;
+                sample.executor_done = s.executor.2 - link.last_executor_done;
+                link.last_executor_done = s.executor.2;
                 sample
             });
+            sample.bytes_in = bytes.0.saturating_sub(link.last_bytes.0);
+            sample.bytes_out = bytes.1.saturating_sub(link.last_bytes.1);
+            link.last_bytes = bytes;
             link.handle.publish_sample(sample);
         }
         if now_ns >= link.next_tables_ns {
@@ -122,6 +148,7 @@ impl LoopCore {
     }
 
     pub(crate) fn build_tables(&self, py: Python<'_>) -> PyResult<Tables> {
+        let live = self.state.with(py, |s| s.tasks.live_len());
         Ok(Tables {
             unix_ms: inspector::clock::unix_ms(),
             tasks: self.task_records(py, TABLE_ROWS)?.into_iter().map(|(r, _)| r).collect(),
@@ -129,7 +156,8 @@ impl LoopCore {
             servers: Vec::new(),
             callback_sites: self.site_records(py, "total", TABLE_ROWS),
             slow_callbacks: self.slow_records(py),
-            truncated: false,
+            // The loop sends its busiest TABLE_ROWS live tasks; say so when there are more.
+            truncated: live > TABLE_ROWS,
         })
     }
 

@@ -10,6 +10,7 @@ through `_add_reader`/`_add_writer`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import inspect
 import io
@@ -18,8 +19,9 @@ import selectors
 import socket
 import sys
 import threading
+import time
 import warnings
-from asyncio import events, futures, sslproto
+from asyncio import events, futures
 from typing import Any
 
 from . import _core, _stacks
@@ -236,16 +238,6 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
             if resume_reading:
                 transp.resume_reading()
 
-    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
-                            server_side=False, server_hostname=None, extra=None, server=None, **timeouts):
-        # TLS runs asyncio's SSLProtocol over a Rust transport, so TLS traffic has the
-        # Rust data path and its counters too.
-        ssl_protocol = sslproto.SSLProtocol(
-            self, protocol, sslcontext, waiter, server_side, server_hostname, **timeouts
-        )
-        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
-        return ssl_protocol._app_transport
-
     # asyncio's Python code schedules through these private entry points.
     def _call_soon(self, callback, args, context):
         return self.call_soon(callback, *args, context=context)
@@ -257,6 +249,28 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
     def _add_callback_signalsafe(self, handle):
         self._add_callback(handle)
         self._write_to_self()
+
+    def run_in_executor(self, executor, func, *args):
+        """As asyncio's; jobs on thread pools are also counted and timed
+        (queued, running, done, and the job-duration histogram)."""
+        if executor is not None and not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            return super().run_in_executor(executor, func, *args)  # e.g. a process pool: can't wrap
+        self._check_closed()
+        if self._debug:
+            self._check_callback(func, "run_in_executor")
+        record = self._executor_event
+
+        def job():
+            record(1)
+            start = time.monotonic_ns()
+            try:
+                return func(*args)
+            finally:
+                record(2, time.monotonic_ns() - start)
+
+        future = super().run_in_executor(executor, job)
+        record(0)
+        return future
 
     def _create_task_slow(self, coro, **kwargs):
         # create_task() with a task factory, in debug mode, or with newer keywords:
