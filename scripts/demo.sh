@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHONS="${PYTHONS:-$(scripts/pythons.sh | head -n1)}" scripts/setup.sh
 py=$(PYTHONS="${PYTHONS:-}" scripts/pythons.sh | head -n1)
-exec "$py" -m glassloop examples/demo.py "$@"
+echo "demo: open http://127.0.0.1:7070/ for the dashboard (Ctrl-C to stop)"
+exec "$py" -m glassloop --inspect "${GLASSLOOP_INSPECT:-127.0.0.1:7070}" examples/demo.py --seconds 3600 "$@"
