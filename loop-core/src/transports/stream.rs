@@ -144,6 +144,21 @@ fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
+/// `recv(2)` into `len` bytes at `buf`, retried on EINTR; Err(errno) otherwise.
+fn recv_retrying(fd: RawFd, buf: *mut libc::c_void, len: usize) -> Result<usize, i32> {
+    loop {
+        // SAFETY: callers pass a buffer valid for `len` writable bytes.
+        let n = unsafe { libc::recv(fd, buf, len, 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
 /// `send(2)` until everything went or the kernel is full. Returns bytes sent.
 fn send_all(fd: RawFd, mut data: &[u8]) -> Result<usize, i32> {
     let mut sent = 0;
@@ -349,85 +364,51 @@ impl StreamTransport {
     }
 
     fn read_to_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<ReadOutcome> {
-        let this = slf.get();
         let py = slf.py();
         let read = READ_BUFFER.with(|buf| {
             let mut buf = buf.borrow_mut();
-            loop {
-                // SAFETY: the buffer is valid for MAX_READ bytes.
-                let n = unsafe { libc::recv(this.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n >= 0 {
-                    let n = n as usize;
-                    return Ok((n, PyBytes::new(py, &buf[..n])));
-                }
-                let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-                if errno != libc::EINTR {
-                    return Err(errno);
-                }
-            }
+            recv_retrying(slf.get().fd, buf.as_mut_ptr().cast(), buf.len()).map(|n| (n, PyBytes::new(py, &buf[..n])))
         });
-        let (n, data) = match read {
-            Ok(r) => r,
-            Err(libc::EAGAIN) => return Ok(ReadOutcome::Drained),
-            Err(errno) => {
-                Self::fatal_error(slf, os_error_from_errno(errno), "Fatal read error on socket transport")?;
-                return Ok(ReadOutcome::Closed);
-            }
-        };
-        if n == 0 {
-            return Ok(ReadOutcome::Eof);
-        }
-        this.inner.with(py, |i| {
-            i.stats.bytes_in += n as u64;
-            i.stats.calls_in += 1;
-        });
-        let result = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,)).map(drop);
-        if let Err(err) = result {
-            if is_fatal_signal(py, &err) {
-                return Err(err);
-            }
-            Self::fatal_error(slf, err, "Fatal error: protocol.data_received() call failed.")?;
-            return Ok(ReadOutcome::Closed);
-        }
-        Ok(if n == MAX_READ { ReadOutcome::More } else { ReadOutcome::Short })
+        let data = read.as_ref().ok().map(|(_, data)| data.clone());
+        Self::finish_read(slf, read.map(|(n, _)| n), MAX_READ, "data_received", || {
+            protocol.call_method1(pyo3::intern!(py, "data_received"), (data,)).map(drop)
+        })
     }
 
     fn read_into_protocol_buffer(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<ReadOutcome> {
-        let this = slf.get();
         let py = slf.py();
-        let buffer = (|| -> PyResult<RawBuffer> {
-            let obj = protocol.call_method1(pyo3::intern!(py, "get_buffer"), (-1,))?;
+        let buffer = protocol.call_method1(pyo3::intern!(py, "get_buffer"), (-1,)).and_then(|obj| {
             let buf = RawBuffer::get(&obj, true)?;
             if buf.len() == 0 {
                 return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
             }
             Ok(buf)
-        })();
+        });
         let buffer = match buffer {
             Ok(b) => b,
-            Err(err) => {
-                if is_fatal_signal(py, &err) {
-                    return Err(err);
-                }
-                Self::fatal_error(slf, err, "Fatal error: protocol.get_buffer() call failed.")?;
-                return Ok(ReadOutcome::Closed);
-            }
+            Err(err) => return Self::callback_failed(slf, err, "get_buffer"),
         };
         let len = buffer.len();
-        let n = loop {
-            // SAFETY: the buffer is writable and contiguous for `len` bytes, and stays
-            // exported (so it cannot move) until `buffer` is released below.
-            let n = unsafe { libc::recv(this.fd, buffer.as_mut_ptr(), len, 0) };
-            if n >= 0 {
-                break Ok(n as usize);
-            }
-            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-            if errno != libc::EINTR {
-                break Err(errno);
-            }
-        };
+        // The buffer stays exported (so it cannot move) until it is dropped after the read.
+        let read = recv_retrying(slf.get().fd, buffer.as_mut_ptr(), len);
         drop(buffer);
-        let n = match n {
+        Self::finish_read(slf, read, len, "buffer_updated", || {
+            let n = *read.as_ref().expect("delivered only after a successful read");
+            protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (n,)).map(drop)
+        })
+    }
+
+    /// The common end of both reads: EAGAIN, errors and EOF, counters, delivery to
+    /// the protocol, and whether the read filled the space it had.
+    fn finish_read(
+        slf: &Bound<'_, Self>,
+        read: Result<usize, i32>,
+        capacity: usize,
+        callback: &str,
+        deliver: impl FnOnce() -> PyResult<()>,
+    ) -> PyResult<ReadOutcome> {
+        let n = match read {
+            Ok(0) => return Ok(ReadOutcome::Eof),
             Ok(n) => n,
             Err(libc::EAGAIN) => return Ok(ReadOutcome::Drained),
             Err(errno) => {
@@ -435,22 +416,24 @@ impl StreamTransport {
                 return Ok(ReadOutcome::Closed);
             }
         };
-        if n == 0 {
-            return Ok(ReadOutcome::Eof);
-        }
-        this.inner.with(py, |i| {
+        slf.get().inner.with(slf.py(), |i| {
             i.stats.bytes_in += n as u64;
             i.stats.calls_in += 1;
         });
-        let result = protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (n,)).map(drop);
-        if let Err(err) = result {
-            if is_fatal_signal(py, &err) {
-                return Err(err);
-            }
-            Self::fatal_error(slf, err, "Fatal error: protocol.buffer_updated() call failed.")?;
-            return Ok(ReadOutcome::Closed);
+        if let Err(err) = deliver() {
+            return Self::callback_failed(slf, err, callback);
         }
-        Ok(if n == len { ReadOutcome::More } else { ReadOutcome::Short })
+        Ok(if n == capacity { ReadOutcome::More } else { ReadOutcome::Short })
+    }
+
+    /// A protocol callback raised: SystemExit/KeyboardInterrupt go up, anything else
+    /// is asyncio's "Fatal error: protocol.X() call failed." and closes the transport.
+    fn callback_failed(slf: &Bound<'_, Self>, err: PyErr, callback: &str) -> PyResult<ReadOutcome> {
+        if is_fatal_signal(slf.py(), &err) {
+            return Err(err);
+        }
+        Self::fatal_error(slf, err, &format!("Fatal error: protocol.{callback}() call failed."))?;
+        Ok(ReadOutcome::Closed)
     }
 
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -463,12 +446,7 @@ impl StreamTransport {
         }
         let Some(protocol) = this.protocol_obj(py) else { return Ok(()) };
         match protocol.bind(py).call_method0("eof_received") {
-            Err(err) => {
-                if is_fatal_signal(py, &err) {
-                    return Err(err);
-                }
-                Self::fatal_error(slf, err, "Fatal error: protocol.eof_received() call failed.")
-            }
+            Err(err) => Self::callback_failed(slf, err, "eof_received").map(drop),
             Ok(keep_open) => {
                 if keep_open.is_truthy()? {
                     this.inner.with(py, |i| i.read_done = true);
