@@ -49,6 +49,8 @@ mod history;
 mod hub;
 mod listener;
 pub mod model;
+// OTLP export (issue 6): `otlp::start(OtlpConfig::from_env()?)`; see otlp/mod.rs.
+pub mod otlp;
 mod prometheus;
 pub mod recorder;
 mod server;

@@ -166,7 +166,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .nest("/api/v1", api::routes())
+        .nest("/api/v1", api::routes().merge(crate::otlp::routes())) // + GET /api/v1/otlp (otlp/mod.rs)
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
@@ -180,7 +180,8 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let stream = state.hub().stream.stats();
-    let body = state.hub().read(|st| prometheus::render(st, &stream));
+    let mut body = state.hub().read(|st| prometheus::render(st, &stream));
+    crate::otlp::render_prometheus(state.hub(), &mut body); // glassloop_otlp_* (otlp/mod.rs)
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body).into_response()
 }
 

@@ -37,6 +37,22 @@ pub fn start(config: inspector::Config) -> Result<inspector::ServerInfo, inspect
     Ok(info)
 }
 
+/// Starts OTLP export of the process's hub (idempotent); when it runs, loops join
+/// the hub as for the inspector, so they publish samples and tables.
+pub fn start_otlp(config: inspector::otlp::OtlpConfig) -> Result<inspector::otlp::OtlpInfo, inspector::otlp::OtlpError> {
+    let info = inspector::otlp::start(config)?;
+    if info.enabled {
+        ACTIVE.store(true, Ordering::Relaxed);
+    }
+    Ok(info)
+}
+
+/// In a child made by fork(): the sidecar's threads did not come along, and a lock
+/// they held may be held forever, so the child's loops stay out of the hub.
+pub fn after_fork_in_child() {
+    ACTIVE.store(false, Ordering::Relaxed);
+}
+
 pub struct Link {
     pub handle: LoopHandle,
     pub heartbeat: Arc<Heartbeat>,

@@ -25,6 +25,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::StreamTransport>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(start_inspector, m)?)?;
+    m.add_function(wrap_pyfunction!(start_otlp, m)?)?;
+    m.add_function(wrap_pyfunction!(flush_otlp, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     Ok(())
 }
 
@@ -50,4 +53,33 @@ fn start_inspector(py: Python<'_>, address: Option<String>, token: Option<String
         Err(e @ inspector::Error::AddressInUse { .. }) => Err(pyo3::exceptions::PyOSError::new_err((libc::EADDRINUSE, e.to_string()))),
         Err(e) => Err(pyo3::exceptions::PyValueError::new_err(e.to_string())),
     }
+}
+
+/// Starts OTLP export (once), configured by the standard `OTEL_*` variables;
+/// `endpoint` replaces OTEL_EXPORTER_OTLP_ENDPOINT. Returns
+/// `(enabled, (protocol, endpoint) for traces, the same for metrics)`.
+#[pyfunction]
+#[pyo3(signature = (endpoint = None))]
+fn start_otlp(py: Python<'_>, endpoint: Option<String>) -> PyResult<(bool, Option<(String, String)>, Option<(String, String)>)> {
+    let config = inspector::otlp::OtlpConfig::from_env_with_endpoint(endpoint.as_deref())
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    let info = py
+        .detach(|| inspect::start_otlp(config))
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    let signal = |s: Option<inspector::otlp::SignalInfo>| s.map(|s| (s.protocol.to_string(), s.endpoint));
+    Ok((info.enabled, signal(info.traces), signal(info.metrics)))
+}
+
+/// Sends what OTLP export holds, waiting at most `timeout` seconds; True if all went.
+#[pyfunction]
+#[pyo3(signature = (timeout = 5.0))]
+fn flush_otlp(py: Python<'_>, timeout: f64) -> bool {
+    let timeout = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+    py.detach(|| inspector::otlp::flush(timeout))
+}
+
+/// Called in the child after os.fork() (registered by glassloop/__init__.py).
+#[pyfunction]
+fn _after_fork_in_child() {
+    inspect::after_fork_in_child();
 }

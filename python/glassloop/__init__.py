@@ -28,24 +28,72 @@ __all__ = [
     "run",
     "inspect",
     "start_inspector",
+    "start_otlp",
     "__version__",
 ]
 
 _T = TypeVar("_T")
 
 
-def new_event_loop(*, record: bool = True, inspect: str | bool | None = None) -> Loop:
+def new_event_loop(*, record: bool = True, inspect: str | bool | None = None, otlp: str | bool | None = None) -> Loop:
     """Return a new glassloop event loop.
 
     `record=False` turns off per-callback timing (counters still run); it exists
     to measure what recording costs. `inspect` starts the process's inspector
     sidecar (dashboard, JSON API, /metrics) on an address ("127.0.0.1:7070", ":0")
     or, with True, on `GLASSLOOP_INSPECT` or the default address; without it,
-    a set `GLASSLOOP_INSPECT` does the same.
+    a set `GLASSLOOP_INSPECT` does the same. `otlp` starts OpenTelemetry export
+    (see `start_otlp`); by default it starts when an OTEL_EXPORTER_OTLP_*ENDPOINT
+    variable is set.
     """
     loop = Loop(record=record)
     start_inspector_from(inspect)
+    start_otlp_from(otlp)
     return loop
+
+
+_otlp_enabled: bool | None = None
+
+
+def start_otlp(endpoint: str | None = None) -> bool:
+    """Start OTLP export of this process's loops (once) and return whether it runs.
+
+    Configured only by the standard OTEL_* variables (endpoint, protocol
+    http/protobuf or grpc, headers, service name, resource attributes, sampler,
+    export interval); `endpoint` replaces OTEL_EXPORTER_OTLP_ENDPOINT. False when
+    OTEL_SDK_DISABLED=true. Raises ValueError for a setting it cannot use.
+    """
+    global _otlp_enabled
+    if _otlp_enabled is None:
+        enabled, traces, metrics = _core.start_otlp(endpoint)
+        _otlp_enabled = enabled
+        if enabled:
+            where = ", ".join(f"{n} -> {s[1]} ({s[0]})" for n, s in (("traces", traces), ("metrics", metrics)) if s)
+            print(f"glassloop OTLP: {where}", file=sys.stderr, flush=True)
+    return _otlp_enabled
+
+
+_OTLP_ENDPOINT_VARS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
+
+
+def start_otlp_from(otlp: str | bool | None) -> bool:
+    # otlp=None: on when an OTLP endpoint variable is set; a bad setting is reported
+    # and the loop runs on without export.
+    if otlp is None:
+        if not any(os.environ.get(v, "").strip() for v in _OTLP_ENDPOINT_VARS):
+            return False
+        otlp = True
+    if otlp is False:
+        return False
+    try:
+        return start_otlp(None if otlp is True else str(otlp))
+    except ValueError as exc:
+        warnings.warn(f"glassloop OTLP export did not start: {exc}", RuntimeWarning, stacklevel=3)
+        return False
 
 
 _inspector_url: str | None = None
@@ -94,17 +142,27 @@ def install() -> None:
     asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None, **loop_kwargs: Any) -> _T:
+def run(
+    main: Coroutine[Any, Any, _T], *, debug: bool | None = None, otlp: str | bool | None = None, **loop_kwargs: Any
+) -> _T:
     """Run the coroutine `main` on a new glassloop loop and return its result.
 
     The same as `asyncio.run(main, debug=debug)`; keyword arguments go to
-    `new_event_loop()`.
+    `new_event_loop()`. With OTLP export on, what it holds is sent before returning.
     """
     if asyncio.events._get_running_loop() is not None:
         # The same check and message as asyncio.run().
         raise RuntimeError("glassloop.run() cannot be called from a running event loop")
-    with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(**loop_kwargs)) as runner:
-        return runner.run(main)
+    try:
+        with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(otlp=otlp, **loop_kwargs)) as runner:
+            return runner.run(main)
+    finally:
+        if _otlp_enabled:
+            _core.flush_otlp(5.0)
+
+
+# A forked child has none of the sidecar's threads: its loops stay out of the hub.
+os.register_at_fork(after_in_child=_core._after_fork_in_child)
 
 
 def inspect(loop: asyncio.AbstractEventLoop | None = None) -> dict[str, Any]:

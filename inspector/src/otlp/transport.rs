@@ -1,0 +1,166 @@
+//! The two senders: spans through `opentelemetry-otlp`'s `SpanExporter`, metrics as
+//! an `ExportMetricsServiceRequest` over the same kind of client (HTTP POST of the
+//! protobuf body, or the gRPC `MetricsService/Export` call).
+//!
+//! Everything here runs on the exporter's own thread and current-thread runtime.
+//! Each export is bounded by its signal's timeout (retries included).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use opentelemetry_http::{Bytes, HttpClient};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
+use opentelemetry_sdk::Resource;
+use prost::Message;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+use super::config::{OtlpError, Protocol, SignalConfig};
+
+/// A user-agent like the SDKs send, so a collector's logs name us.
+fn user_agent() -> String {
+    format!("glassloop/{} (OTLP exporter; opentelemetry-rust 0.33)", env!("CARGO_PKG_VERSION"))
+}
+
+fn start_error(what: &str, e: impl std::fmt::Display) -> OtlpError {
+    OtlpError::Start(format!("{what}: {e}"))
+}
+
+fn channel(sig: &SignalConfig) -> Result<Channel, OtlpError> {
+    let endpoint = Endpoint::from_shared(sig.endpoint.clone())
+        .map_err(|e| start_error("gRPC endpoint", e))?
+        .timeout(sig.timeout)
+        .connect_timeout(sig.timeout.min(Duration::from_secs(5)))
+        .user_agent(user_agent())
+        .map_err(|e| start_error("gRPC user agent", e))?;
+    // Lazy: a collector that is not up yet (or ever) costs nothing until an export.
+    Ok(endpoint.connect_lazy())
+}
+
+fn metadata(sig: &SignalConfig) -> Result<MetadataMap, OtlpError> {
+    let mut md = MetadataMap::new();
+    for (k, v) in &sig.headers {
+        let key =
+            MetadataKey::from_str(&k.to_ascii_lowercase()).map_err(|e| start_error(&format!("header {k:?}"), e))?;
+        let value = MetadataValue::try_from(v.as_str()).map_err(|e| start_error(&format!("header {k:?} value"), e))?;
+        md.insert(key, value);
+    }
+    Ok(md)
+}
+
+fn http_client(sig: &SignalConfig) -> Arc<dyn HttpClient> {
+    Arc::new(opentelemetry_http::hyper::HyperClient::with_default_connector(sig.timeout, None))
+}
+
+/// Builds the span exporter for `sig` (call inside the exporter's runtime).
+pub(crate) fn span_exporter(sig: &SignalConfig, resource: &Resource) -> Result<SpanExporter, OtlpError> {
+    let mut exporter = match sig.protocol {
+        Protocol::HttpProtobuf => SpanExporter::builder()
+            .with_http()
+            .with_endpoint(sig.endpoint.clone())
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_timeout(sig.timeout)
+            .with_headers(
+                // This builder percent-decodes values again: keep a literal `%` literal.
+                sig.headers.iter().map(|(k, v)| (k.clone(), v.replace('%', "%25"))).collect::<HashMap<_, _>>(),
+            )
+            .with_shared_http_client(http_client(sig))
+            .build(),
+        Protocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_channel(channel(sig)?)
+            .with_metadata(metadata(sig)?)
+            .with_timeout(sig.timeout)
+            .build(),
+    }
+    .map_err(|e| start_error("span exporter", e))?;
+    exporter.set_resource(resource);
+    Ok(exporter)
+}
+
+/// Exports one batch of spans within `timeout`.
+pub(crate) async fn export_spans(
+    exporter: &SpanExporter,
+    batch: Vec<SpanData>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, exporter.export(batch)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("span export timed out after {} ms", timeout.as_millis())),
+    }
+}
+
+/// Sends metrics requests to one endpoint.
+pub(crate) enum MetricsSender {
+    Http { client: Arc<dyn HttpClient>, uri: http::Uri, headers: Vec<(HeaderName, HeaderValue)>, timeout: Duration },
+    Grpc { client: MetricsServiceClient<Channel>, metadata: MetadataMap, timeout: Duration },
+}
+
+impl MetricsSender {
+    /// Builds the sender for `sig` (call inside the exporter's runtime).
+    pub(crate) fn new(sig: &SignalConfig) -> Result<MetricsSender, OtlpError> {
+        Ok(match sig.protocol {
+            Protocol::HttpProtobuf => {
+                let mut headers = Vec::new();
+                for (k, v) in sig.headers.iter().cloned().chain([("user-agent".to_string(), user_agent())]) {
+                    let name = HeaderName::from_str(&k).map_err(|e| start_error(&format!("header {k:?}"), e))?;
+                    let value =
+                        HeaderValue::from_str(&v).map_err(|e| start_error(&format!("header {k:?} value"), e))?;
+                    headers.push((name, value));
+                }
+                MetricsSender::Http {
+                    client: http_client(sig),
+                    uri: sig.endpoint.parse().map_err(|e| start_error("metrics endpoint", e))?,
+                    headers,
+                    timeout: sig.timeout,
+                }
+            }
+            Protocol::Grpc => MetricsSender::Grpc {
+                client: MetricsServiceClient::new(channel(sig)?),
+                metadata: metadata(sig)?,
+                timeout: sig.timeout,
+            },
+        })
+    }
+
+    /// Sends one request; `Err` describes the failure (never a header value).
+    pub(crate) async fn send(&mut self, request: ExportMetricsServiceRequest, limit: Duration) -> Result<(), String> {
+        match self {
+            MetricsSender::Http { client, uri, headers, timeout } => {
+                let mut req = http::Request::builder()
+                    .method(http::Method::POST)
+                    .uri(uri.clone())
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf");
+                for (k, v) in headers.iter() {
+                    req = req.header(k, v);
+                }
+                let req = req.body(Bytes::from(request.encode_to_vec())).map_err(|e| e.to_string())?;
+                let limit = limit.min(*timeout);
+                match tokio::time::timeout(limit, client.send_bytes(req)).await {
+                    Err(_) => Err(format!("metrics export timed out after {} ms", limit.as_millis())),
+                    Ok(Err(e)) => Err(format!("metrics export failed: {e}")),
+                    Ok(Ok(res)) if res.status().is_success() => Ok(()),
+                    Ok(Ok(res)) => Err(format!("metrics export got HTTP {}", res.status())),
+                }
+            }
+            MetricsSender::Grpc { client, metadata, timeout } => {
+                let limit = limit.min(*timeout);
+                let mut req = tonic::Request::new(request);
+                *req.metadata_mut() = metadata.clone();
+                req.set_timeout(limit);
+                match tokio::time::timeout(limit, client.export(req)).await {
+                    Err(_) => Err(format!("metrics export timed out after {} ms", limit.as_millis())),
+                    Ok(Err(status)) => Err(format!("metrics export failed with gRPC code {:?}", status.code())),
+                    Ok(Ok(_)) => Ok(()),
+                }
+            }
+        }
+    }
+}
