@@ -69,6 +69,22 @@ struct Poller {
     events: Events,
 }
 
+impl State {
+    /// One callback (or transport event) ran: `took` ns, `lag` ns after it became
+    /// ready, ending at `end_ns`. Shared by handles and Rust transport I/O.
+    #[inline]
+    fn record_run(&mut self, end_ns: u64, took: u64, lag: u64, inspected: bool) {
+        self.now_ns = end_ns;
+        self.recorder.callback(took);
+        if self.recorder.enabled {
+            self.lag.saturating_record(lag.max(1));
+        }
+        if inspected {
+            self.recorder.delay(lag);
+        }
+    }
+}
+
 #[pyclass(frozen, subclass, module = "glassloop._core", name = "LoopCore")]
 pub struct LoopCore {
     pub(crate) state: GilCell<State>,
@@ -301,16 +317,7 @@ impl LoopCore {
                     let took = t1 - t0;
                     let lag = t0.saturating_sub(queued_ns);
                     t0 = t1;
-                    self.state.with(py, |s| {
-                        s.now_ns = t1;
-                        s.recorder.callback(took);
-                        if s.recorder.enabled {
-                            s.lag.saturating_record(lag.max(1));
-                        }
-                        if inspected {
-                            s.recorder.delay(lag);
-                        }
-                    });
+                    self.state.with(py, |s| s.record_run(t1, took, lag, inspected));
                     result?;
                     continue;
                 }
@@ -339,14 +346,9 @@ impl LoopCore {
             let lag = t0.saturating_sub(queued_ns);
             t0 = t1;
             let new_site = self.state.with(py, |s| {
-                s.now_ns = t1;
+                s.record_run(t1, took, lag, inspected);
                 s.current_task = None;
-                s.recorder.callback(took);
-                if s.recorder.enabled {
-                    s.lag.saturating_record(lag.max(1));
-                }
                 if inspected {
-                    s.recorder.delay(lag);
                     if task.is_some() {
                         s.recorder.task_step(took);
                     }
