@@ -16,7 +16,7 @@ use crate::tasks::{self, TaskEntry, TaskState, Tasks};
 use crate::reactor::{Side, Watchers, WAKER_TOKEN};
 use crate::stdlib;
 use crate::timers::Timers;
-use crate::transports::StreamTransport;
+use crate::transports::Transport;
 use inspector::Recorder;
 use mio::{Events, Poll, Registry, Waker};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyValueError};
@@ -312,7 +312,7 @@ impl LoopCore {
                     if let Some(hb) = &heartbeat {
                         hb.begin(t0, 0);
                     }
-                    let result = StreamTransport::on_events(transport.bind(py), readable, writable, read_closed);
+                    let result = transport.on_events(py, readable, writable, read_closed);
                     let t1 = clock::now_ns();
                     let took = t1 - t0;
                     let lag = t0.saturating_sub(queued_ns);
@@ -531,7 +531,7 @@ impl LoopCore {
                 for r in &s.ready {
                     match r {
                         Ready::Call { handle, .. } => visit.call(handle)?,
-                        Ready::Io { transport, .. } => visit.call(transport)?,
+                        Ready::Io { transport, .. } => visit.call(transport.as_any())?,
                     }
                 }
                 s.timers.traverse(&visit)?;
@@ -1003,18 +1003,24 @@ impl LoopCore {
     }
 
     /// Registers a Rust transport's fd for the transport's life.
-    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
+    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, transport: impl Into<Transport>) -> PyResult<()> {
         self.check_closed()?;
-        let old = self.state.with(py, |s| s.watchers.add_transport(&self.registry, fd, transport)).map_err(os_error)?;
+        let old = self.state.with(py, |s| s.watchers.add_transport(&self.registry, fd, transport.into())).map_err(os_error)?;
         drop(old);
         Ok(())
+    }
+
+    /// Watches a registered transport's fd for writability too (`true`) or reading only.
+    pub(crate) fn set_transport_writable(&self, py: Python<'_>, fd: RawFd, writable: bool) -> PyResult<()> {
+        let interest = if writable { mio::Interest::READABLE | mio::Interest::WRITABLE } else { mio::Interest::READABLE };
+        self.state.with(py, |s| s.watchers.set_transport_interest(&self.registry, fd, interest)).map_err(os_error)
     }
 
     pub(crate) fn deregister_transport(&self, py: Python<'_>, fd: RawFd) {
         let old = self.state.with(py, |s| s.watchers.remove_transport(&self.registry, fd));
         if let Some(t) = &old {
             // Keep the bytes of closed transports in the loop's totals.
-            let stats = t.get().stats(py);
+            let stats = t.stats(py);
             self.state.with(py, |s| {
                 s.closed_bytes_in += stats.bytes_in;
                 s.closed_bytes_out += stats.bytes_out;
@@ -1027,7 +1033,7 @@ impl LoopCore {
     pub(crate) fn transport_bytes(&self, py: Python<'_>) -> (u64, u64) {
         let (live, mut total) = self.state.with(py, |s| (s.watchers.transports(py), (s.closed_bytes_in, s.closed_bytes_out)));
         for t in live {
-            let st = t.get().stats(py);
+            let st = t.stats(py);
             total.0 += st.bytes_in;
             total.1 += st.bytes_out;
         }
@@ -1036,11 +1042,11 @@ impl LoopCore {
 
     /// Queues I/O work for a transport in the next iteration (reads that may have
     /// more waiting, and reads after resume_reading, which raise no new event).
-    pub(crate) fn queue_io(&self, py: Python<'_>, transport: Py<StreamTransport>, readable: bool, writable: bool) {
+    pub(crate) fn queue_io(&self, py: Python<'_>, transport: impl Into<Transport>, readable: bool, writable: bool) {
         self.state.with(py, |s| {
             let queued_ns = s.now_ns;
             // No event tells us whether a FIN is waiting: read until EAGAIN or EOF.
-            s.ready.push_back(Ready::Io { transport, readable, writable, read_closed: true, queued_ns })
+            s.ready.push_back(Ready::Io { transport: transport.into(), readable, writable, read_closed: true, queued_ns })
         });
     }
 

@@ -276,7 +276,7 @@ impl LoopCore {
         let transports = self.state.with(py, |s| s.watchers.transports(py));
         let mut out = Vec::with_capacity(transports.len());
         for t in transports {
-            out.push(t.bind(py).get().record(py)?);
+            out.push(t.record(py)?);
         }
         Ok(out)
     }

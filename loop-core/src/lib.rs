@@ -23,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transports::StreamTransport>()?;
+    m.add_class::<transports::DatagramTransport>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(start_inspector, m)?)?;
     m.add_function(wrap_pyfunction!(start_otlp, m)?)?;

@@ -6,7 +6,7 @@
 //! poll: the kernel then re-queues the fd if it is still ready.
 
 use crate::handles::{Handle, Ready};
-use crate::transports::StreamTransport;
+use crate::transports::Transport;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use pyo3::prelude::*;
@@ -40,7 +40,7 @@ impl Watcher {
 pub struct Watchers {
     fds: HashMap<RawFd, Watcher>,
     /// fds owned by Rust transports (registered edge-triggered, read and write, for life).
-    transports: HashMap<RawFd, Py<StreamTransport>>,
+    transports: HashMap<RawFd, Transport>,
     /// fds whose callbacks ran since the last poll: re-armed before the next one.
     fired: Vec<RawFd>,
 }
@@ -99,18 +99,27 @@ impl Watchers {
         self.fds.get(&fd).map(|w| (w.reader.is_some(), w.writer.is_some()))
     }
 
-    pub fn add_transport(&mut self, registry: &Registry, fd: RawFd, transport: Py<StreamTransport>) -> io::Result<Option<Py<StreamTransport>>> {
-        registry.register(&mut SourceFd(&fd), Token(fd as usize), Interest::READABLE | Interest::WRITABLE)?;
+    pub fn add_transport(&mut self, registry: &Registry, fd: RawFd, transport: Transport) -> io::Result<Option<Transport>> {
+        registry.register(&mut SourceFd(&fd), Token(fd as usize), transport.interest())?;
         Ok(self.transports.insert(fd, transport))
     }
 
-    pub fn remove_transport(&mut self, registry: &Registry, fd: RawFd) -> Option<Py<StreamTransport>> {
+    /// Changes what a transport's fd is registered for (a datagram transport
+    /// watches writability only while it has datagrams buffered).
+    pub fn set_transport_interest(&mut self, registry: &Registry, fd: RawFd, interest: Interest) -> io::Result<()> {
+        if !self.transports.contains_key(&fd) {
+            return Ok(());
+        }
+        registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest)
+    }
+
+    pub fn remove_transport(&mut self, registry: &Registry, fd: RawFd) -> Option<Transport> {
         let t = self.transports.remove(&fd)?;
         let _ = registry.deregister(&mut SourceFd(&fd));
         Some(t)
     }
 
-    pub fn transports(&self, py: Python<'_>) -> Vec<Py<StreamTransport>> {
+    pub fn transports(&self, py: Python<'_>) -> Vec<Transport> {
         self.transports.values().map(|t| t.clone_ref(py)).collect()
     }
 
@@ -169,13 +178,13 @@ impl Watchers {
             visit.call(&w.writer)?;
         }
         for t in self.transports.values() {
-            visit.call(t)?;
+            visit.call(t.as_any())?;
         }
         Ok(())
     }
 
     /// Drops every watcher (loop close); handles go to `garbage`.
-    pub fn clear(&mut self, registry: &Registry, garbage: &mut Vec<Py<Handle>>, transports: &mut Vec<Py<StreamTransport>>) {
+    pub fn clear(&mut self, registry: &Registry, garbage: &mut Vec<Py<Handle>>, transports: &mut Vec<Transport>) {
         for (fd, t) in self.transports.drain() {
             let _ = registry.deregister(&mut SourceFd(&fd));
             transports.push(t);

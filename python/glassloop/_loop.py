@@ -141,6 +141,64 @@ _CORE_METHODS = (
 )
 
 
+class DatagramTransport(asyncio.DatagramTransport):
+    """A UDP or Unix datagram endpoint whose data path is in Rust.
+
+    A real `asyncio.DatagramTransport`; as on asyncio's own endpoint, reading can
+    be paused and resumed and the write buffer has water marks. Its methods are
+    the Rust core's own, bound into the instance so a call costs no Python frame.
+    """
+
+    def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, address: Any, extra: dict | None) -> None:
+        core = _core.DatagramTransportCore(loop, sock, protocol, address, extra)
+        self._core = core
+        self._loop = loop
+        for name in _DATAGRAM_CORE_METHODS:
+            setattr(self, name, getattr(core, name))
+        core._set_facade(self)
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
+
+    @property
+    def _extra(self) -> dict:
+        return self._core._extra
+
+    @property
+    def _sock(self) -> socket.socket | None:
+        return self._core._sock
+
+    @property
+    def _sock_fd(self) -> int:
+        return self._core._sock_fd
+
+    @property
+    def _address(self) -> Any:
+        return self._core._address
+
+    def __repr__(self) -> str:
+        return repr(self._core).replace("DatagramTransport", type(self).__name__, 1)
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        # As asyncio's transports: a transport dropped while open warns and closes its socket.
+        core = self.__dict__.get("_core")
+        sock = core._sock if core is not None else None
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
+
+_DATAGRAM_CORE_METHODS = (
+    "sendto", "abort", "close", "is_closing", "pause_reading", "resume_reading", "is_reading",
+    "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
+    "set_protocol", "get_protocol", "get_extra_info", "_start_reading", "_call_connection_lost",
+    "_force_close",
+)
+
+_DATAGRAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+
+
 def _run_foreign_handle(handle: asyncio.Handle) -> None:
     # asyncio's own Handle objects (signal handlers) reach us through _add_callback.
     if not handle._cancelled:
@@ -194,6 +252,19 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         self._transports[sock.fileno()] = transport
         if server is not None:
             _server_attach(server, transport)
+        self.call_soon(protocol.connection_made, transport)
+        self.call_soon(transport._start_reading)
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    # create_datagram_endpoint (asyncio's) gets a Rust endpoint for UDP and Unix datagrams.
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        if sock.type != socket.SOCK_DGRAM or sock.family not in _DATAGRAM_FAMILIES:
+            return super()._make_datagram_transport(sock, protocol, address, waiter, extra)
+        self._ensure_fd_no_transport(sock)
+        transport = DatagramTransport(self, sock, protocol, address, extra)
+        self._transports[sock.fileno()] = transport
         self.call_soon(protocol.connection_made, transport)
         self.call_soon(transport._start_reading)
         if waiter is not None:

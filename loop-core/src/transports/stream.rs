@@ -13,6 +13,7 @@
 //! `resume_reading()` queues a read: no data is left behind without an event.
 
 use super::write_buffer::WriteBuffer;
+use super::TransportStats;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::with_context;
@@ -27,20 +28,20 @@ use std::io;
 use std::os::unix::io::RawFd;
 
 /// asyncio's default write-buffer high-water mark.
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+pub(super) const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// One read takes at most this much (asyncio's selector transports read 256 KiB).
-const MAX_READ: usize = 256 * 1024;
+pub(super) const MAX_READ: usize = 256 * 1024;
 /// asyncio warns once a closed transport has been written to this many times.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+pub(super) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 /// A contiguous view of any buffer-protocol object, of any item format (as
 /// `socket.send` accepts), released on drop.
-struct RawBuffer {
+pub(super) struct RawBuffer {
     view: Box<ffi::Py_buffer>,
 }
 
 impl RawBuffer {
-    fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<RawBuffer> {
+    pub(super) fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<RawBuffer> {
         // SAFETY: a zeroed Py_buffer is what PyObject_GetBuffer expects to fill;
         // the Box keeps its address stable until PyBuffer_Release in Drop.
         let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
@@ -51,11 +52,11 @@ impl RawBuffer {
         Ok(RawBuffer { view })
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.view.len as usize
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(super) fn as_slice(&self) -> &[u8] {
         // SAFETY: PyBUF_SIMPLE/WRITABLE views are contiguous bytes of `len`.
         unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.len()) }
     }
@@ -75,7 +76,7 @@ impl Drop for RawBuffer {
 thread_local! {
     // Each loop thread reads into one buffer; data_received gets a bytes copy of
     // what was read, as with any socket.recv().
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+    pub(super) static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
 }
 
 /// The protocol, and whether it is a BufferedProtocol (decided at set_protocol,
@@ -83,16 +84,6 @@ thread_local! {
 struct Protocol {
     obj: Py<PyAny>,
     buffered: bool,
-}
-
-/// Counters for the transport table.
-#[derive(Default, Clone, Copy)]
-pub struct StreamStats {
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub calls_in: u64,
-    pub calls_out: u64,
-    pub high_water: usize,
 }
 
 struct Inner {
@@ -125,7 +116,7 @@ struct Inner {
     paused_writing_ns: u64,
     high: usize,
     low: usize,
-    stats: StreamStats,
+    stats: TransportStats,
 }
 
 #[pyclass(frozen, weakref, module = "glassloop._core", name = "StreamTransportCore")]
@@ -140,7 +131,7 @@ fn os_error_from_errno(errno: i32) -> PyErr {
     PyOSError::new_err((errno, io::Error::from_raw_os_error(errno).to_string()))
 }
 
-fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
+pub(super) fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
@@ -281,7 +272,7 @@ impl StreamTransport {
         }))
     }
 
-    pub fn stats(&self, py: Python<'_>) -> StreamStats {
+    pub fn stats(&self, py: Python<'_>) -> TransportStats {
         self.inner.with(py, |i| {
             let mut s = i.stats;
             s.high_water = i.buffer.high_water;
@@ -613,7 +604,7 @@ impl StreamTransport {
     }
 
     /// The bytes of a write() argument, with asyncio's type check.
-    fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<RawBuffer> {
+    pub(super) fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<RawBuffer> {
         if !(data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not {}",
@@ -753,7 +744,7 @@ impl StreamTransport {
                 paused_writing_ns: 0,
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
-                stats: StreamStats::default(),
+                stats: TransportStats::default(),
             }),
         };
         transport.set_protocol_inner(py, &protocol)?;
