@@ -850,6 +850,7 @@ def test_extra_info_and_protocol(loop, loop_name, run):
         info["sock_is_trsock"] = isinstance(sock, asyncio.trsock.TransportSocket)
         info["fileno_ok"] = sock.fileno() >= 0
         info["is_datagram_transport"] = isinstance(ct, asyncio.DatagramTransport)
+        info["is_transport"] = isinstance(ct, asyncio.Transport)
         info["protocol"] = ct.get_protocol() is cp
         other = Dgram(loop)
         ct.set_protocol(other)
@@ -868,6 +869,7 @@ def test_extra_info_and_protocol(loop, loop_name, run):
     assert (info["family"], info["type"]) == (socket.AF_INET, socket.SOCK_DGRAM)
     assert info["sock_is_trsock"] and info["fileno_ok"]
     assert info["protocol"] and info["set_protocol"]
+    assert info["is_transport"]  # test_events checks this too
     # asyncio's own endpoint is a DatagramTransport from 3.12 on; glassloop's always.
     assert info["is_datagram_transport"] == (loop_name == "glassloop" or sys.version_info >= (3, 12))
 

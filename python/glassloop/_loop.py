@@ -141,12 +141,13 @@ _CORE_METHODS = (
 )
 
 
-class DatagramTransport(asyncio.DatagramTransport):
+class DatagramTransport(asyncio.transports._FlowControlMixin, asyncio.DatagramTransport):
     """A UDP or Unix datagram endpoint whose data path is in Rust.
 
-    A real `asyncio.DatagramTransport`; as on asyncio's own endpoint, reading can
-    be paused and resumed and the write buffer has water marks. Its methods are
-    the Rust core's own, bound into the instance so a call costs no Python frame.
+    A real `asyncio.DatagramTransport`, and an `asyncio.Transport` with flow
+    control as asyncio's own endpoint is (reading can be paused and resumed, the
+    write buffer has water marks). Its methods are the Rust core's own, bound
+    into the instance so a call costs no Python frame.
     """
 
     def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, address: Any, extra: dict | None) -> None:
