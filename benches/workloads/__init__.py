@@ -15,6 +15,7 @@ NAMES = (
     "threadsafe",
     "tasks_gather",
     "sleep0_pingpong",
+    "udp_pingpong",
 )
 
 

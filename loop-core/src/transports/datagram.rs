@@ -935,8 +935,16 @@ impl DatagramTransport {
     fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let buf: RawBuffer = StreamTransport::check_bytes_like(data)?;
-        if buf.len() == 0 && !this.send_empty {
+        // bytes, the common case, without a buffer export; anything else as asyncio checks it.
+        let exported: RawBuffer;
+        let payload: &[u8] = match data.cast_exact::<PyBytes>() {
+            Ok(b) => b.as_bytes(),
+            Err(_) => {
+                exported = StreamTransport::check_bytes_like(data)?;
+                exported.as_slice()
+            }
+        };
+        if payload.is_empty() && !this.send_empty {
             return Ok(());
         }
         if let Some(address) = &this.address {
@@ -958,27 +966,27 @@ impl DatagramTransport {
         let dest = this.dest_for(py, addr.as_ref());
         if queued {
             // Keep the order: behind what is already waiting.
-            return Self::buffer_datagram(slf, buf.as_slice(), dest);
+            return Self::buffer_datagram(slf, payload, dest);
         }
         let to = match &dest {
             Dest::Peer => None,
             Dest::Addr(a) => Some(a),
             Dest::Python(a) => {
-                return match Self::python_sendto(slf, data, buf.len(), a.bind(py), true)? {
-                    PySend::Blocked => Self::buffer_datagram(slf, buf.as_slice(), dest),
+                return match Self::python_sendto(slf, data, payload.len(), a.bind(py), true)? {
+                    PySend::Blocked => Self::buffer_datagram(slf, payload, dest),
                     PySend::Sent | PySend::Closed => Ok(()),
                 };
             }
         };
-        match send_datagram(this.fd, buf.as_slice(), to) {
+        match send_datagram(this.fd, payload, to) {
             Ok(()) => {
                 this.inner.with(py, |i| {
-                    i.stats.bytes_out += buf.len() as u64;
+                    i.stats.bytes_out += payload.len() as u64;
                     i.stats.calls_out += 1;
                 });
                 Ok(())
             }
-            Err(libc::EAGAIN) => Self::buffer_datagram(slf, buf.as_slice(), dest),
+            Err(libc::EAGAIN) => Self::buffer_datagram(slf, payload, dest),
             Err(errno) => {
                 // As asyncio: the protocol hears of it, and what it raises goes to our caller.
                 match this.protocol_obj(py) {
