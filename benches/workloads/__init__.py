@@ -15,6 +15,7 @@ NAMES = (
     "threadsafe",
     "tasks_gather",
     "sleep0_pingpong",
+    "sock_pingpong",
 )
 
 

@@ -6,6 +6,7 @@
 //! poll: the kernel then re-queues the fd if it is still ready.
 
 use crate::handles::{Handle, Ready};
+use crate::sock::SockWait;
 use crate::transports::StreamTransport;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -17,10 +18,29 @@ use std::os::unix::io::RawFd;
 /// The token of the loop's mio `Waker`; fds use their own number as token.
 pub const WAKER_TOKEN: Token = Token(usize::MAX);
 
+/// What waits on one side of an fd: an `add_reader`/`add_writer` callback or a
+/// waiting `sock_*` call (sock.rs). One per side: a new one replaces the old, as
+/// in asyncio, where `sock_recv` is an `add_reader` too.
+pub enum Waiter {
+    Handle(Py<Handle>),
+    Sock(SockWait),
+}
+
+impl Waiter {
+    /// A replaced or removed waiter: a handle is cancelled, as asyncio does; a
+    /// `sock_*` call's future stays pending, as asyncio's does (its reader is gone).
+    /// Call without the state borrowed: dropping it may run Python code.
+    pub fn cancel(self, py: Python<'_>) {
+        if let Waiter::Handle(h) = &self {
+            h.get().cancel_inner(py);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Watcher {
-    reader: Option<Py<Handle>>,
-    writer: Option<Py<Handle>>,
+    reader: Option<Waiter>,
+    writer: Option<Waiter>,
     /// The interest currently registered with the kernel (None: not registered).
     registered: Option<Interest>,
 }
@@ -46,7 +66,7 @@ pub struct Watchers {
 }
 
 /// Which side of an fd a watcher is on.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Side {
     Read,
     Write,
@@ -57,41 +77,96 @@ impl Watchers {
         self.fds.len()
     }
 
-    /// Installs `handle` as the fd's reader or writer; returns the one it replaces.
-    pub fn add(&mut self, registry: &Registry, fd: RawFd, side: Side, handle: Py<Handle>) -> io::Result<Option<Py<Handle>>> {
+    /// Installs `waiter` as the fd's reader or writer; returns the one it replaces,
+    /// or, when the kernel refuses the fd, the error and `waiter` itself.
+    pub fn add(&mut self, registry: &Registry, fd: RawFd, side: Side, waiter: Waiter) -> Result<Option<Waiter>, (io::Error, Waiter)> {
         let w = self.fds.entry(fd).or_default();
-        let old = match side {
-            Side::Read => w.reader.replace(handle),
-            Side::Write => w.writer.replace(handle),
-        };
+        let old = w.side(side).replace(waiter);
         if let Err(e) = sync_registration(registry, fd, w) {
             // Undo, as a selector does when the kernel refuses the fd.
-            let rejected = match side {
-                Side::Read => std::mem::replace(&mut w.reader, old),
-                Side::Write => std::mem::replace(&mut w.writer, old),
-            };
-            drop(rejected); // a Py drop without running Python: we hold the only new ref
+            let rejected = std::mem::replace(w.side(side), old).expect("installed just above");
             if w.reader.is_none() && w.writer.is_none() {
                 self.fds.remove(&fd);
             }
-            return Err(e);
+            return Err((e, rejected));
         }
         Ok(old)
     }
 
     /// Removes the fd's reader or writer; returns it (None if there was none).
-    pub fn remove(&mut self, registry: &Registry, fd: RawFd, side: Side) -> Option<Py<Handle>> {
+    pub fn remove(&mut self, registry: &Registry, fd: RawFd, side: Side) -> Option<Waiter> {
         let w = self.fds.get_mut(&fd)?;
-        let old = match side {
-            Side::Read => w.reader.take(),
-            Side::Write => w.writer.take(),
-        };
+        let old = w.side(side).take();
         // A closed fd has already left the epoll set; nothing to undo then.
         let _ = sync_registration(registry, fd, w);
         if w.reader.is_none() && w.writer.is_none() {
             self.fds.remove(&fd);
         }
         old
+    }
+
+    /// Takes the waiting `sock_*` call off one side of `fd` to try its syscall; the
+    /// kernel registration stays until [`Watchers::settle`] or [`Watchers::restore`].
+    pub fn take_sock(&mut self, fd: RawFd, side: Side) -> Option<SockWait> {
+        let slot = self.fds.get_mut(&fd)?.side(side);
+        match slot.take() {
+            Some(Waiter::Sock(wait)) => Some(wait),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    /// Puts a `sock_*` call that must wait longer back, unless something took its
+    /// side meanwhile (then it is returned, replaced, as asyncio's would be).
+    pub fn restore(&mut self, registry: &Registry, fd: RawFd, side: Side, wait: SockWait) -> Option<Waiter> {
+        let w = self.fds.entry(fd).or_default();
+        let slot = w.side(side);
+        if slot.is_some() {
+            return Some(Waiter::Sock(wait));
+        }
+        *slot = Some(Waiter::Sock(wait));
+        match sync_registration(registry, fd, w) {
+            Ok(()) => None,
+            // The fd is gone (closed): nothing can wake the call, as under asyncio.
+            Err(_) => w.side(side).take(),
+        }
+    }
+
+    /// Removes the `sock_*` call waiting on `future`, looked for at `fd`, or at
+    /// every fd when `fd` is None (its socket was closed since).
+    pub fn abandon(&mut self, registry: &Registry, fd: Option<RawFd>, future: &Py<PyAny>) -> Option<SockWait> {
+        let is_it = |w: &Option<Waiter>| matches!(w, Some(Waiter::Sock(s)) if s.future().is(future));
+        let (fd, side) = match fd {
+            Some(fd) => {
+                let w = self.fds.get(&fd)?;
+                (fd, if is_it(&w.reader) { Side::Read } else if is_it(&w.writer) { Side::Write } else { return None })
+            }
+            None => self.fds.iter().find_map(|(fd, w)| {
+                if is_it(&w.reader) {
+                    Some((*fd, Side::Read))
+                } else if is_it(&w.writer) {
+                    Some((*fd, Side::Write))
+                } else {
+                    None
+                }
+            })?,
+        };
+        let wait = self.take_sock(fd, side);
+        self.settle(registry, fd);
+        wait
+    }
+
+    /// Makes the kernel registration of `fd` match its waiters again (after a
+    /// `sock_*` call finished), forgetting the fd when none is left.
+    pub fn settle(&mut self, registry: &Registry, fd: RawFd) {
+        let Some(w) = self.fds.get_mut(&fd) else { return };
+        // A closed fd has already left the epoll set; nothing to undo then.
+        let _ = sync_registration(registry, fd, w);
+        if w.reader.is_none() && w.writer.is_none() {
+            self.fds.remove(&fd);
+        }
     }
 
     /// The registered sides of `fd`, for the selector view (`(readable, writable)`).
@@ -128,20 +203,10 @@ impl Watchers {
         let Some(w) = self.fds.get(&fd) else { return };
         let mut fired = false;
         if readable {
-            if let Some(h) = &w.reader {
-                if !h.get().is_cancelled() {
-                    ready.push_back(Ready::Call { handle: h.clone_ref(py), queued_ns: now_ns });
-                    fired = true;
-                }
-            }
+            fired |= queue(py, fd, Side::Read, &w.reader, now_ns, ready);
         }
         if writable {
-            if let Some(h) = &w.writer {
-                if !h.get().is_cancelled() {
-                    ready.push_back(Ready::Call { handle: h.clone_ref(py), queued_ns: now_ns });
-                    fired = true;
-                }
-            }
+            fired |= queue(py, fd, Side::Write, &w.writer, now_ns, ready);
         }
         if fired {
             self.fired.push(fd);
@@ -165,8 +230,12 @@ impl Watchers {
 
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         for w in self.fds.values() {
-            visit.call(&w.reader)?;
-            visit.call(&w.writer)?;
+            for waiter in [&w.reader, &w.writer].into_iter().flatten() {
+                match waiter {
+                    Waiter::Handle(h) => visit.call(h)?,
+                    Waiter::Sock(s) => s.traverse(visit)?,
+                }
+            }
         }
         for t in self.transports.values() {
             visit.call(t)?;
@@ -175,7 +244,7 @@ impl Watchers {
     }
 
     /// Drops every watcher (loop close); handles go to `garbage`.
-    pub fn clear(&mut self, registry: &Registry, garbage: &mut Vec<Py<Handle>>, transports: &mut Vec<Py<StreamTransport>>) {
+    pub fn clear(&mut self, registry: &Registry, garbage: &mut Vec<Waiter>, transports: &mut Vec<Py<StreamTransport>>) {
         for (fd, t) in self.transports.drain() {
             let _ = registry.deregister(&mut SourceFd(&fd));
             transports.push(t);
@@ -188,6 +257,32 @@ impl Watchers {
             garbage.extend(w.writer.take());
         }
         self.fired.clear();
+    }
+}
+
+impl Watcher {
+    fn side(&mut self, side: Side) -> &mut Option<Waiter> {
+        match side {
+            Side::Read => &mut self.reader,
+            Side::Write => &mut self.writer,
+        }
+    }
+}
+
+/// Queues what waits on one side of a ready fd; true if it was a handle (whose
+/// fd is re-armed for level-triggered behaviour). A `sock_*` call needs no
+/// re-arm: it retries its syscall until EAGAIN, and the next edge wakes it.
+fn queue(py: Python<'_>, fd: RawFd, side: Side, waiter: &Option<Waiter>, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>) -> bool {
+    match waiter {
+        Some(Waiter::Handle(h)) if !h.get().is_cancelled() => {
+            ready.push_back(Ready::Call { handle: h.clone_ref(py), queued_ns: now_ns });
+            true
+        }
+        Some(Waiter::Sock(_)) => {
+            ready.push_back(Ready::Sock { fd, side, queued_ns: now_ns });
+            false
+        }
+        _ => false,
     }
 }
 
