@@ -1092,7 +1092,7 @@ impl LoopCore {
         let fd = fileobj_to_fd(fd)?;
         let handle = Py::new(py, Handle::new(py, callback, args, None, self.is_debug())?)?;
         let watched = Waiter::Handle(handle.clone_ref(py));
-        let replaced = self.state.with(py, |s| s.watchers.add(&self.registry, fd, side, watched));
+        let replaced = self.state.with(py, |s| s.watchers.add(py, &self.registry, fd, side, watched));
         match replaced {
             Ok(Some(old)) => old.cancel(py),
             Ok(None) => {}

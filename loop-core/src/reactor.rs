@@ -4,6 +4,10 @@
 //! reader that leaves data unread is called again). We get level semantics back
 //! by re-arming (`EPOLL_CTL_MOD`) each fd whose callback ran, before the next
 //! poll: the kernel then re-queues the fd if it is still ready.
+//!
+//! A socket used only by `sock_*` calls stays registered between calls (see
+//! [`Watcher::idle_owner`]): an echo loop on sock_recv/sock_sendall then makes no
+//! epoll_ctl at all, where registering for each wait would cost two.
 
 use crate::handles::{Handle, Ready};
 use crate::sock::SockWait;
@@ -11,6 +15,7 @@ use crate::transports::StreamTransport;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use pyo3::prelude::*;
+use pyo3::types::PyWeakrefReference;
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::io::RawFd;
@@ -43,9 +48,25 @@ struct Watcher {
     writer: Option<Waiter>,
     /// The interest currently registered with the kernel (None: not registered).
     registered: Option<Interest>,
+    /// A weak reference to the socket whose `sock_*` calls registered this fd, set
+    /// while only such calls have waited on it: the registration is then kept when
+    /// no call waits (edge-triggered, so an idle fd costs one ignored event per
+    /// edge at most). A later call on the same live socket object finds it still
+    /// valid; a call on another socket (the fd was closed and reused, or the object
+    /// died) registers afresh. A handle on the fd ends the arrangement.
+    idle_owner: Option<Py<PyWeakrefReference>>,
 }
 
 impl Watcher {
+    fn is_idle(&self) -> bool {
+        self.reader.is_none() && self.writer.is_none()
+    }
+
+    /// Whether `sock` is the live socket whose registration this fd kept.
+    fn owned_by(&self, py: Python<'_>, sock: &Py<PyAny>) -> bool {
+        self.idle_owner.as_ref().is_some_and(|weak| weak.bind(py).upgrade().is_some_and(|s| s.is(sock)))
+    }
+
     fn wanted(&self) -> Option<Interest> {
         match (self.reader.is_some(), self.writer.is_some()) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
@@ -63,6 +84,9 @@ pub struct Watchers {
     transports: HashMap<RawFd, Py<StreamTransport>>,
     /// fds whose callbacks ran since the last poll: re-armed before the next one.
     fired: Vec<RawFd>,
+    /// Idle fds (kept registered for sock_* calls) that had an event nobody waited
+    /// for: unregistered before the next poll unless a call waits on them again.
+    idle_fired: Vec<RawFd>,
 }
 
 /// Which side of an fd a watcher is on.
@@ -73,19 +97,33 @@ pub enum Side {
 }
 
 impl Watchers {
+    /// fds with something waiting on them (not those only kept registered while idle).
     pub fn len(&self) -> usize {
-        self.fds.len()
+        self.fds.values().filter(|w| !w.is_idle()).count()
     }
 
     /// Installs `waiter` as the fd's reader or writer; returns the one it replaces,
     /// or, when the kernel refuses the fd, the error and `waiter` itself.
-    pub fn add(&mut self, registry: &Registry, fd: RawFd, side: Side, waiter: Waiter) -> Result<Option<Waiter>, (io::Error, Waiter)> {
+    pub fn add(&mut self, py: Python<'_>, registry: &Registry, fd: RawFd, side: Side, waiter: Waiter) -> Result<Option<Waiter>, (io::Error, Waiter)> {
         let w = self.fds.entry(fd).or_default();
+        match &waiter {
+            Waiter::Handle(_) => w.idle_owner = None,
+            Waiter::Sock(wait) if !w.owned_by(py, wait.sock()) => {
+                if w.idle_owner.is_some() && w.is_idle() {
+                    // Kept for another socket: the fd was closed (and the kernel
+                    // dropped it) or is shared; sync_registration finds out which.
+                    w.registered = None;
+                }
+                let fresh = w.is_idle() && w.registered.is_none();
+                w.idle_owner = if fresh { PyWeakrefReference::new(wait.sock().bind(py)).ok().map(Bound::unbind) } else { None };
+            }
+            Waiter::Sock(_) => {}
+        }
         let old = w.side(side).replace(waiter);
         if let Err(e) = sync_registration(registry, fd, w) {
             // Undo, as a selector does when the kernel refuses the fd.
             let rejected = std::mem::replace(w.side(side), old).expect("installed just above");
-            if w.reader.is_none() && w.writer.is_none() {
+            if w.is_idle() && w.registered.is_none() {
                 self.fds.remove(&fd);
             }
             return Err((e, rejected));
@@ -97,9 +135,13 @@ impl Watchers {
     pub fn remove(&mut self, registry: &Registry, fd: RawFd, side: Side) -> Option<Waiter> {
         let w = self.fds.get_mut(&fd)?;
         let old = w.side(side).take();
+        if old.is_some() {
+            // remove_reader/remove_writer: the fd is the caller's again, unregistered.
+            w.idle_owner = None;
+        }
         // A closed fd has already left the epoll set; nothing to undo then.
         let _ = sync_registration(registry, fd, w);
-        if w.reader.is_none() && w.writer.is_none() {
+        if w.is_idle() && w.registered.is_none() {
             self.fds.remove(&fd);
         }
         old
@@ -163,18 +205,25 @@ impl Watchers {
     pub fn settle(&mut self, registry: &Registry, fd: RawFd) {
         let Some(w) = self.fds.get_mut(&fd) else { return };
         // A closed fd has already left the epoll set; nothing to undo then.
-        let _ = sync_registration(registry, fd, w);
-        if w.reader.is_none() && w.writer.is_none() {
+        if sync_registration(registry, fd, w).is_err() {
+            w.registered = None;
+        }
+        if w.is_idle() && w.registered.is_none() {
             self.fds.remove(&fd);
         }
     }
 
     /// The registered sides of `fd`, for the selector view (`(readable, writable)`).
     pub fn sides(&self, fd: RawFd) -> Option<(bool, bool)> {
-        self.fds.get(&fd).map(|w| (w.reader.is_some(), w.writer.is_some()))
+        self.fds.get(&fd).filter(|w| !w.is_idle()).map(|w| (w.reader.is_some(), w.writer.is_some()))
     }
 
     pub fn add_transport(&mut self, registry: &Registry, fd: RawFd, transport: Py<StreamTransport>) -> io::Result<Option<Py<StreamTransport>>> {
+        // A socket that sock_* calls left registered becomes the transport's.
+        if self.fds.get(&fd).is_some_and(|w| w.is_idle()) {
+            self.fds.remove(&fd);
+            let _ = registry.deregister(&mut SourceFd(&fd));
+        }
         registry.register(&mut SourceFd(&fd), Token(fd as usize), Interest::READABLE | Interest::WRITABLE)?;
         Ok(self.transports.insert(fd, transport))
     }
@@ -201,6 +250,10 @@ impl Watchers {
             return;
         }
         let Some(w) = self.fds.get(&fd) else { return };
+        if w.is_idle() {
+            self.idle_fired.push(fd);
+            return;
+        }
         let mut fired = false;
         if readable {
             fired |= queue(py, fd, Side::Read, &w.reader, now_ns, ready);
@@ -215,6 +268,14 @@ impl Watchers {
 
     /// Re-arms the fds that fired, so a still-ready fd is reported again (level-triggered).
     pub fn rearm(&mut self, registry: &Registry) {
+        for fd in self.idle_fired.drain(..) {
+            if self.fds.get(&fd).is_some_and(|w| w.is_idle()) {
+                // A socket kept registered that nobody awaits now: let it go, so it
+                // wakes the loop at most once after its last sock_* call.
+                self.fds.remove(&fd);
+                let _ = registry.deregister(&mut SourceFd(&fd));
+            }
+        }
         for fd in self.fired.drain(..) {
             if let Some(w) = self.fds.get_mut(&fd) {
                 if let Some(interest) = w.registered {
@@ -257,6 +318,7 @@ impl Watchers {
             garbage.extend(w.writer.take());
         }
         self.fired.clear();
+        self.idle_fired.clear();
     }
 }
 
@@ -267,6 +329,10 @@ impl Watcher {
             Side::Write => &mut self.writer,
         }
     }
+}
+
+fn covers(has: Interest, want: Interest) -> bool {
+    (has.is_readable() || !want.is_readable()) && (has.is_writable() || !want.is_writable())
 }
 
 /// Queues what waits on one side of a ready fd; true if it was a handle (whose
@@ -286,21 +352,30 @@ fn queue(py: Python<'_>, fd: RawFd, side: Side, waiter: &Option<Waiter>, now_ns:
     }
 }
 
-/// Makes the kernel's registration match what the watcher wants.
+/// Makes the kernel's registration match what the watcher wants (or, for an fd
+/// kept registered for sock_* calls, cover it).
 fn sync_registration(registry: &Registry, fd: RawFd, w: &mut Watcher) -> io::Result<()> {
     let token = Token(fd as usize);
+    let keep = w.idle_owner.is_some();
     match (w.registered, w.wanted()) {
         (None, None) => Ok(()),
+        (Some(_), None) if keep => Ok(()),
         (Some(_), None) => {
             w.registered = None;
             registry.deregister(&mut SourceFd(&fd))
         }
         (None, Some(want)) => {
-            registry.register(&mut SourceFd(&fd), token, want)?;
+            match registry.register(&mut SourceFd(&fd), token, want) {
+                // Registered by a socket object we did not see (another object on the same fd).
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => registry.reregister(&mut SourceFd(&fd), token, want)?,
+                other => other?,
+            }
             w.registered = Some(want);
             Ok(())
         }
-        (Some(_), Some(want)) => {
+        (Some(has), Some(want)) if keep && covers(has, want) => Ok(()),
+        (Some(has), Some(want)) => {
+            let want = if keep { has | want } else { want };
             match registry.reregister(&mut SourceFd(&fd), token, want) {
                 // The fd number was closed and reused since we registered it.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => registry.register(&mut SourceFd(&fd), token, want)?,

@@ -52,6 +52,10 @@ impl SockWait {
         &self.future
     }
 
+    pub fn sock(&self) -> &Py<PyAny> {
+        &self.sock
+    }
+
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.sock)?;
         visit.call(&self.future)?;
@@ -301,7 +305,7 @@ fn wait(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, side: Side, op: SockO
     kwargs.set_item(intern!(py, "loop"), lp)?;
     let future = future_type(py)?.call((), Some(&kwargs))?.unbind();
     let wait = SockWait { sock: sock.clone().unbind(), future: future.clone_ref(py), op };
-    let added = this.state.with(py, |s| s.watchers.add(&this.registry, fd, side, Waiter::Sock(wait)));
+    let added = this.state.with(py, |s| s.watchers.add(py, &this.registry, fd, side, Waiter::Sock(wait)));
     match added {
         Ok(Some(replaced)) => replaced.cancel(py),
         Ok(None) => {}
