@@ -999,6 +999,12 @@ impl LoopCore {
         self.stopping.store(value, Ordering::Relaxed);
     }
 
+    /// Whether the loop is in debug mode. In Rust because every Future and Task
+    /// asks at creation: asyncio's Python version costs each of them a frame.
+    fn get_debug(&self) -> bool {
+        self.is_debug()
+    }
+
     #[getter(_debug)]
     fn debug_flag(&self) -> bool {
         self.is_debug()

@@ -116,6 +116,12 @@ fn ssl_socket_type(py: Python<'_>) -> Option<&Bound<'_, PyAny>> {
     CELL.get_or_init(py, || py.import("ssl").and_then(|m| m.getattr("SSLSocket")).ok().map(Bound::unbind)).as_ref().map(|t| t.bind(py))
 }
 
+/// `socket.socket`: its instances need no SSLSocket check.
+fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || Ok::<_, PyErr>(py.import("socket")?.getattr("socket")?.unbind())).map(|t| t.bind(py))
+}
+
 fn future_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static CELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     CELL.get_or_try_init(py, || Ok::<_, PyErr>(py.import("asyncio.futures")?.getattr("Future")?.unbind())).map(|t| t.bind(py))
@@ -125,8 +131,29 @@ fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
+/// Reads of at most this much go through a per-thread buffer and are copied out.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SCRATCH_LEN]);
+}
+
 /// A bytes object holding what one `recv(2)` of at most `n` bytes returned, or None on EAGAIN.
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
+    if n <= SCRATCH_LEN {
+        // Into a reused buffer, then an exact-size copy: nothing is allocated for
+        // an EAGAIN (the common first try), nor shrunk after a short read. (Busy
+        // only if a signal handler run on EINTR reads a socket too.)
+        let read = SCRATCH.with(|buf| {
+            let mut buf = buf.try_borrow_mut().ok()?;
+            // SAFETY: `buf` has SCRATCH_LEN >= n writable bytes.
+            let got = syscall(py, || unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), n, 0) });
+            Some(got.map(|got| got.map(|got| pyo3::types::PyBytes::new(py, &buf[..got]).into_any().unbind())))
+        });
+        if let Some(read) = read {
+            return read;
+        }
+    }
     // As socket.recv: a bytes object of the full size, filled, then shrunk to what came.
     // SAFETY: a NULL source makes an uninitialized bytes object of `n` bytes that we own.
     let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t) };
@@ -255,7 +282,8 @@ fn accepted(pair: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
 /// asyncio's checks before a sock_* call: no SSL sockets, and non-blocking ones in debug mode.
 fn check_socket(this: &LoopCore, sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = sock.py();
-    if let Some(ssl_socket) = ssl_socket_type(py) {
+    let plain = socket_type(py).is_ok_and(|t| sock.get_type().is(t));
+    if let (false, Some(ssl_socket)) = (plain, ssl_socket_type(py)) {
         if sock.is_instance(ssl_socket)? {
             return Err(PyTypeError::new_err("Socket cannot be of type SSLSocket"));
         }
@@ -291,14 +319,13 @@ fn ensure_fd_no_transport(lp: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
 fn start(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, side: Side, mut op: SockOp) -> PyResult<Py<PyAny>> {
     match op.attempt(sock) {
         Attempt::Done(result) => result,
-        Attempt::Again => wait(lp, sock, side, op),
+        Attempt::Again => wait(lp, sock, fileno(sock)?, side, op),
     }
 }
 
-fn wait(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, side: Side, op: SockOp) -> PyResult<Py<PyAny>> {
+fn wait(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, fd: RawFd, side: Side, op: SockOp) -> PyResult<Py<PyAny>> {
     let py = lp.py();
     let this = lp.get();
-    let fd = fileno(sock)?;
     ensure_fd_no_transport(lp, fd)?;
     this.check_closed()?;
     let kwargs = PyDict::new(py);
@@ -326,7 +353,7 @@ pub fn recv(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyA
     let fd = fileno(sock)?;
     match recv_bytes(lp.py(), fd, n as usize)? {
         Some(data) => Ok(data),
-        None => wait(lp, sock, Side::Read, SockOp::Recv { n: n as usize }),
+        None => wait(lp, sock, fd, Side::Read, SockOp::Recv { n: n as usize }),
     }
 }
 
@@ -364,7 +391,7 @@ pub fn sendall(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &Bound<'
         return Ok(py.None());
     }
     let view = PyMemoryView::from(data)?.into_any().unbind();
-    wait(lp, sock, Side::Write, SockOp::SendAll { view, sent })
+    wait(lp, sock, fd, Side::Write, SockOp::SendAll { view, sent })
 }
 
 pub fn sendto(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -375,7 +402,7 @@ pub fn sendto(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &Bound<'_
         Attempt::Done(result) => result,
         Attempt::Again => {
             let args = PyTuple::new(py, [data.clone(), 0i32.into_pyobject(py)?.into_any(), address.clone()])?.unbind();
-            wait(lp, sock, Side::Write, SockOp::Method { name: "sendto", args })
+            wait(lp, sock, fileno(sock)?, Side::Write, SockOp::Method { name: "sendto", args })
         }
     }
 }
@@ -390,7 +417,7 @@ pub fn connect(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, address: &Boun
     let py = lp.py();
     match call_method(sock, "connect", &PyTuple::new(py, [address])?) {
         Attempt::Done(result) => result,
-        Attempt::Again => wait(lp, sock, Side::Write, SockOp::Connect { address: address.clone().unbind() }),
+        Attempt::Again => wait(lp, sock, fileno(sock)?, Side::Write, SockOp::Connect { address: address.clone().unbind() }),
     }
 }
 
@@ -420,13 +447,15 @@ impl LoopCore {
         };
         self.state.with(py, |s| s.watchers.settle(&self.registry, fd));
         drop(wait);
-        if future.call_method0(intern!(py, "done"))?.is_truthy()? {
-            return Ok(());
-        }
-        match result {
-            Ok(value) => future.call_method1(intern!(py, "set_result"), (value,)).map(drop),
-            Err(err) if is_fatal(py, &err) => Err(err),
-            Err(err) => future.call_method1(intern!(py, "set_exception"), (err.into_value(py),)).map(drop),
+        let resolved = match result {
+            Ok(value) => future.call_method1(intern!(py, "set_result"), (value,)),
+            Err(err) if is_fatal(py, &err) => return Err(err),
+            Err(err) => future.call_method1(intern!(py, "set_exception"), (err.into_value(py),)),
+        };
+        match resolved {
+            // Cancelled while a socket method of ours ran Python code: as asyncio, drop the result.
+            Err(_) if future.call_method0(intern!(py, "done"))?.is_truthy()? => Ok(()),
+            other => other.map(drop),
         }
     }
 
