@@ -782,3 +782,34 @@ def test_inspect_returns_everything_as_plain_data(gl, new_loop):
             gl.inspect(ref)
     finally:
         ref.close()
+
+
+# ---------------------------------------------------------------------------
+# sock_* calls
+# ---------------------------------------------------------------------------
+
+def test_sock_call_completion_is_a_recorded_run(new_loop):
+    # A sock_recv that waited is finished by the loop as one run (the retried
+    # recv and the future's result), timed like any callback; the fd counts as
+    # registered only while the call waits.
+    loop = new_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    with a, b:
+        base = loop.stats()["fds_registered"]
+        task = loop.create_task(loop.sock_recv(b, 100))
+        run_briefly(loop, 2)
+        assert not task.done()
+        assert loop.stats()["fds_registered"] == base + 1
+        st0 = loop.stats()
+        a.send(b"ping")
+        time.sleep(0.01)
+        run_briefly(loop)  # the poll finds b readable; the run resolves the future
+        st1 = loop.stats()
+        assert st1["callbacks"] - st0["callbacks"] == 1
+        assert st1["callback_duration"]["count"] - st0["callback_duration"]["count"] == 1
+        assert not task.done()  # its step runs next iteration
+        run_briefly(loop)
+        assert task.result() == b"ping"
+        assert loop.stats()["fds_registered"] == base

@@ -16,6 +16,7 @@ NAMES = (
     "tasks_gather",
     "sleep0_pingpong",
     "udp_pingpong",
+    "sock_pingpong",
 )
 
 

@@ -13,7 +13,7 @@ use crate::handles::{check_callback, Handle, Ready, TimerHandle};
 use crate::sites::{self, SiteOwner, Sites};
 use crate::slow::{SlowCallback, SlowLog};
 use crate::tasks::{self, TaskEntry, TaskState, Tasks};
-use crate::reactor::{Side, Watchers, WAKER_TOKEN};
+use crate::reactor::{Side, Waiter, Watchers, WAKER_TOKEN};
 use crate::stdlib;
 use crate::timers::Timers;
 use crate::transports::Transport;
@@ -90,7 +90,7 @@ pub struct LoopCore {
     pub(crate) state: GilCell<State>,
     /// Locked only by the loop thread, around the poll (with the GIL released).
     poller: Mutex<Poller>,
-    registry: Registry,
+    pub(crate) registry: Registry,
     pub(crate) waker: std::sync::Arc<Waker>,
     /// True while the loop thread is (about to be) blocked in the poll without
     /// the GIL: a thread-safe call that sees it wakes the loop, once.
@@ -145,7 +145,7 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 }
 
 impl LoopCore {
-    fn check_closed(&self) -> PyResult<()> {
+    pub(crate) fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
@@ -166,7 +166,7 @@ impl LoopCore {
     }
 
     #[inline]
-    fn is_debug(&self) -> bool {
+    pub(crate) fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
     }
 
@@ -316,6 +316,19 @@ impl LoopCore {
                     let t1 = clock::now_ns();
                     let took = t1 - t0;
                     let lag = t0.saturating_sub(queued_ns);
+                    t0 = t1;
+                    self.state.with(py, |s| s.record_run(t1, took, lag, inspected));
+                    result?;
+                    continue;
+                }
+                Ready::Sock { fd, side, queued_ns } => {
+                    // A sock_* call's syscall, retried now that its fd is ready (sock.rs).
+                    if let Some(hb) = &heartbeat {
+                        hb.begin(t0, 0);
+                    }
+                    let result = self.complete_sock(py, fd, side);
+                    let t1 = clock::now_ns();
+                    let (took, lag) = (t1 - t0, t0.saturating_sub(queued_ns));
                     t0 = t1;
                     self.state.with(py, |s| s.record_run(t1, took, lag, inspected));
                     result?;
@@ -532,6 +545,7 @@ impl LoopCore {
                     match r {
                         Ready::Call { handle, .. } => visit.call(handle)?,
                         Ready::Io { transport, .. } => visit.call(transport.as_any())?,
+                        Ready::Sock { .. } => {}
                     }
                 }
                 s.timers.traverse(&visit)?;
@@ -668,6 +682,35 @@ impl LoopCore {
 
     fn _remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.remove_watcher(py, fd, Side::Write)
+    }
+
+    // The syscalls and waits of the sock_* methods (sock.rs); the coroutines are in _loop.py.
+    fn _sock_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::recv(slf, sock, n)
+    }
+    fn _sock_recv_into(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::recv_into(slf, sock, buf)
+    }
+    fn _sock_recvfrom(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, bufsize: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::recvfrom(slf, sock, bufsize)
+    }
+    fn _sock_recvfrom_into(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::recvfrom_into(slf, sock, buf, nbytes)
+    }
+    fn _sock_sendall(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::sendall(slf, sock, data)
+    }
+    fn _sock_sendto(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::sendto(slf, sock, data, address)
+    }
+    fn _sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::accept(slf, sock)
+    }
+    fn _sock_connect(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::connect(slf, sock, address)
+    }
+    fn _sock_abandon(&self, py: Python<'_>, sock: &Bound<'_, PyAny>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.abandon_sock(py, sock, future)
     }
 
     /// `(reading, writing)` for a watched fd, or None: backs the selector view.
@@ -956,6 +999,12 @@ impl LoopCore {
         self.stopping.store(value, Ordering::Relaxed);
     }
 
+    /// Whether the loop is in debug mode. In Rust because every Future and Task
+    /// asks at creation: asyncio's Python version costs each of them a frame.
+    fn get_debug(&self) -> bool {
+        self.is_debug()
+    }
+
     #[getter(_debug)]
     fn debug_flag(&self) -> bool {
         self.is_debug()
@@ -1054,10 +1103,15 @@ impl LoopCore {
         self.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
         let handle = Py::new(py, Handle::new(py, callback, args, None, self.is_debug())?)?;
-        let watched = handle.clone_ref(py);
-        let replaced = self.state.with(py, |s| s.watchers.add(&self.registry, fd, side, watched)).map_err(os_error)?;
-        if let Some(old) = replaced {
-            old.get().cancel_inner(py);
+        let watched = Waiter::Handle(handle.clone_ref(py));
+        let replaced = self.state.with(py, |s| s.watchers.add(py, &self.registry, fd, side, watched));
+        match replaced {
+            Ok(Some(old)) => old.cancel(py),
+            Ok(None) => {}
+            Err((e, rejected)) => {
+                drop(rejected);
+                return Err(os_error(e));
+            }
         }
         Ok(handle)
     }
@@ -1069,8 +1123,8 @@ impl LoopCore {
         let fd = fileobj_to_fd(fd)?;
         let removed = self.state.with(py, |s| s.watchers.remove(&self.registry, fd, side));
         match removed {
-            Some(handle) => {
-                handle.get().cancel_inner(py);
+            Some(waiter) => {
+                waiter.cancel(py);
                 Ok(true)
             }
             None => Ok(false),

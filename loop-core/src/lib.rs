@@ -8,6 +8,7 @@ mod inspect;
 mod reactor;
 mod sites;
 mod slow;
+mod sock;
 mod tasks;
 mod stdlib;
 mod timers;

@@ -21,12 +21,14 @@ import sys
 import threading
 import time
 import warnings
-from asyncio import events, futures
+from asyncio import base_events, events, futures
 from typing import Any
 
 from . import _core, _stacks
 
 __all__ = ["Loop"]
+
+_Future = futures.Future  # what the Rust `_sock_*` methods return when a call must wait
 
 
 class _ReactorSelector(selectors.BaseSelector):
@@ -309,6 +311,113 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
             transp._reset_empty_waiter()
             if resume_reading:
                 transp.resume_reading()
+
+    # Low-level socket methods. Each Rust `_sock_*` makes asyncio's checks and tries
+    # the syscall: it returns the result, or, when the socket is not ready, a
+    # future the loop resolves once the retried syscall succeeds (sock.rs). A
+    # coroutine that stops waiting (cancelled, closed) takes its call off the fd.
+    async def sock_recv(self, sock, n):
+        """Receive up to `n` bytes from `sock` (b"" at end of stream)."""
+        fut = self._sock_recv(sock, n)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None  # no cycle through the traceback
+            raise
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive into the writable buffer `buf`; returns the number of bytes written."""
+        fut = self._sock_recv_into(sock, buf)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_recvfrom(self, sock, bufsize):
+        """Receive a datagram of at most `bufsize` bytes: `(data, address)`."""
+        fut = self._sock_recvfrom(sock, bufsize)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        """Receive a datagram into `buf` (at most `nbytes`, default its size): `(nbytes, address)`."""
+        fut = self._sock_recvfrom_into(sock, buf, nbytes)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_sendall(self, sock, data):
+        """Send all of `data` (any bytes-like object), waiting for room as needed."""
+        fut = self._sock_sendall(sock, data)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_sendto(self, sock, data, address):
+        """Send a datagram to `address`; returns the number of bytes sent."""
+        fut = self._sock_sendto(sock, data, address)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_accept(self, sock):
+        """Accept a connection: `(conn, address)`, `conn` non-blocking."""
+        fut = self._sock_accept(sock)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_connect(self, sock, address):
+        """Connect `sock` to `address`, resolving a host name first as asyncio does."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if sock.family == socket.AF_INET or (base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+        fut = self._sock_connect(sock, address)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
 
     # asyncio's Python code schedules through these private entry points.
     def _call_soon(self, callback, args, context):

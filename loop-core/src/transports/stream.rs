@@ -36,12 +36,12 @@ pub(super) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 /// A contiguous view of any buffer-protocol object, of any item format (as
 /// `socket.send` accepts), released on drop.
-pub(super) struct RawBuffer {
+pub(crate) struct RawBuffer {
     view: Box<ffi::Py_buffer>,
 }
 
 impl RawBuffer {
-    pub(super) fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<RawBuffer> {
+    pub(crate) fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<RawBuffer> {
         // SAFETY: a zeroed Py_buffer is what PyObject_GetBuffer expects to fill;
         // the Box keeps its address stable until PyBuffer_Release in Drop.
         let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
@@ -52,16 +52,16 @@ impl RawBuffer {
         Ok(RawBuffer { view })
     }
 
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.view.len as usize
     }
 
-    pub(super) fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: PyBUF_SIMPLE/WRITABLE views are contiguous bytes of `len`.
         unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.len()) }
     }
 
-    fn as_mut_ptr(&self) -> *mut libc::c_void {
+    pub(crate) fn as_mut_ptr(&self) -> *mut libc::c_void {
         self.view.buf
     }
 }
