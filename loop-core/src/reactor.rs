@@ -43,6 +43,10 @@ pub struct Watchers {
     transports: HashMap<RawFd, Py<StreamTransport>>,
     /// fds whose callbacks ran since the last poll: re-armed before the next one.
     fired: Vec<RawFd>,
+    /// Transports to report readable with the next poll's events although the
+    /// kernel raises no new edge (a read that may have left data or a FIN behind,
+    /// `resume_reading`): what a level-triggered selector would report again.
+    rereads: Vec<Py<StreamTransport>>,
 }
 
 /// Which side of an fd a watcher is on.
@@ -118,11 +122,41 @@ impl Watchers {
         self.transports.len()
     }
 
+    /// Reports `transport` readable with the next poll's events.
+    pub fn reread(&mut self, transport: Py<StreamTransport>) {
+        self.rereads.push(transport);
+    }
+
+    /// Whether the next iteration has rereads to run (so its poll must not block).
+    pub fn has_rereads(&self) -> bool {
+        !self.rereads.is_empty()
+    }
+
+    /// Queues the rereads asked for since the last poll, ahead of the poll's own
+    /// events. A transport already queued to read is not queued twice; those
+    /// references go to `garbage`, to be dropped outside the loop's state.
+    pub fn dispatch_rereads(&mut self, py: Python<'_>, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>, garbage: &mut Vec<Py<StreamTransport>>) {
+        for t in self.rereads.drain(..) {
+            if t.get().claim_read(py) {
+                // No event says whether a FIN waits behind the data: read until EAGAIN or EOF.
+                ready.push_back(Ready::Io { transport: t, readable: true, writable: false, read_closed: true, queued_ns: now_ns });
+            } else {
+                garbage.push(t);
+            }
+        }
+    }
+
     /// Queues the callbacks for one poll event.
     #[allow(clippy::too_many_arguments)]
     pub fn dispatch(&mut self, py: Python<'_>, fd: RawFd, readable: bool, writable: bool, read_closed: bool, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>) {
         if let Some(t) = self.transports.get(&fd) {
-            ready.push_back(Ready::Io { transport: t.clone_ref(py), readable, writable, read_closed, queued_ns: now_ns });
+            // One read per transport per iteration, as a selector reports an fd once:
+            // a second read here would take data that arrived during this iteration's
+            // callbacks, which asyncio's loop only sees at the next poll.
+            let readable = readable && t.get().claim_read(py);
+            if readable || writable {
+                ready.push_back(Ready::Io { transport: t.clone_ref(py), readable, writable, read_closed, queued_ns: now_ns });
+            }
             return;
         }
         let Some(w) = self.fds.get(&fd) else { return };
@@ -168,7 +202,7 @@ impl Watchers {
             visit.call(&w.reader)?;
             visit.call(&w.writer)?;
         }
-        for t in self.transports.values() {
+        for t in self.transports.values().chain(&self.rereads) {
             visit.call(t)?;
         }
         Ok(())
@@ -180,6 +214,7 @@ impl Watchers {
             let _ = registry.deregister(&mut SourceFd(&fd));
             transports.push(t);
         }
+        transports.append(&mut self.rereads);
         for (fd, mut w) in self.fds.drain() {
             if w.registered.is_some() {
                 let _ = registry.deregister(&mut SourceFd(&fd));

@@ -111,6 +111,8 @@ struct Inner {
     started: bool,
     /// eof_received() asked to keep the transport open: no more reads.
     read_done: bool,
+    /// A read of this transport is in the ready queue (see `claim_read`).
+    read_queued: bool,
     conn_lost: u32,
     protocol_paused: bool,
     /// `loop.sendfile()`: resolved once the write buffer is empty; writes are refused meanwhile.
@@ -281,6 +283,11 @@ impl StreamTransport {
         }))
     }
 
+    /// Marks a read as queued; false if one already is (the caller then queues none).
+    pub fn claim_read(&self, py: Python<'_>) -> bool {
+        self.inner.with(py, |i| !std::mem::replace(&mut i.read_queued, true))
+    }
+
     pub fn stats(&self, py: Python<'_>) -> StreamStats {
         self.inner.with(py, |i| {
             let mut s = i.stats;
@@ -319,17 +326,10 @@ impl StreamTransport {
         let py = slf.py();
         with_context(py, &this.context, || {
             if readable {
+                this.inner.with(py, |i| i.read_queued = false);
                 match Self::read_ready(slf)? {
-                    ReadOutcome::Short if read_closed => {
-                        if let Some(core) = this.core(py) {
-                            core.get().queue_io(py, slf.clone().unbind(), true, false);
-                        }
-                    }
-                    ReadOutcome::More => {
-                        if let Some(core) = this.core(py) {
-                            core.get().queue_io(py, slf.clone().unbind(), true, false);
-                        }
-                    }
+                    ReadOutcome::Short if read_closed => Self::read_again(slf),
+                    ReadOutcome::More => Self::read_again(slf),
                     ReadOutcome::Eof => Self::on_eof(slf)?,
                     ReadOutcome::Short | ReadOutcome::Drained | ReadOutcome::Closed => {}
                 }
@@ -342,6 +342,14 @@ impl StreamTransport {
             }
             Ok(())
         })
+    }
+
+    /// Reads again with the next poll's events: edge-triggered readiness raises
+    /// no new event for data (or a FIN) already waiting.
+    fn read_again(slf: &Bound<'_, Self>) {
+        if let Some(core) = slf.get().core(slf.py()) {
+            core.get().queue_read(slf.py(), slf.clone().unbind());
+        }
     }
 
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<ReadOutcome> {
@@ -742,6 +750,7 @@ impl StreamTransport {
                 paused: false,
                 started: false,
                 read_done: false,
+                read_queued: false,
                 conn_lost: 0,
                 protocol_paused: false,
                 empty_waiter: None,
@@ -778,9 +787,10 @@ impl StreamTransport {
         if !start {
             return Ok(());
         }
+        // Registering reports what already arrived (epoll checks readiness on
+        // EPOLL_CTL_ADD) with the next poll, when asyncio's loop would see it too.
         if let Some(core) = this.core(py) {
             core.get().register_transport(py, this.fd, slf.clone().unbind())?;
-            core.get().queue_io(py, slf.clone().unbind(), true, false);
         }
         Ok(())
     }
@@ -908,8 +918,8 @@ impl StreamTransport {
         });
         if resumed {
             // Edge-triggered: data that arrived while paused raised no new event.
-            if let (true, Some(core)) = (started, this.core(py)) {
-                core.get().queue_io(py, slf.clone().unbind(), true, false);
+            if started {
+                Self::read_again(slf);
             }
             if let Some(lp) = this.loop_obj(py) {
                 if lp.call_method0("get_debug")?.is_truthy()? {
