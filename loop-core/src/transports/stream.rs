@@ -138,8 +138,17 @@ pub struct StreamTransport {
     inner: GilCell<Inner>,
 }
 
+/// `OSError(errno, strerror)`, which Python turns into the matching subclass
+/// (ConnectionResetError, ...) with the message asyncio's transports give.
 fn os_error_from_errno(errno: i32) -> PyErr {
-    PyOSError::new_err((errno, io::Error::from_raw_os_error(errno).to_string()))
+    let mut buf = [0 as libc::c_char; 256];
+    // SAFETY: strerror_r (XSI) writes a NUL-terminated message into `buf`, within its length.
+    let message = if unsafe { libc::strerror_r(errno, buf.as_mut_ptr(), buf.len()) } == 0 {
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    } else {
+        format!("Unknown error {errno}")
+    };
+    PyOSError::new_err((errno, message))
 }
 
 fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
