@@ -83,6 +83,8 @@ thread_local! {
 struct Protocol {
     obj: Py<PyAny>,
     buffered: bool,
+    /// asyncio's `SSLProtocol` (`ssl=` or `start_tls`): the transport carries TLS.
+    tls: bool,
 }
 
 /// Counters for the transport table.
@@ -259,11 +261,18 @@ impl StreamTransport {
             })
         };
         let (local, peer) = (addr("sockname")?, addr("peername")?);
-        let (protocol, kind) = self.inner.with(py, |i| {
-            (i.protocol.as_ref().map(|p| p.obj.clone_ref(py)), i.sock.as_ref().map(|s| s.clone_ref(py)))
+        let (protocol, tls, kind) = self.inner.with(py, |i| {
+            let tls = i.protocol.as_ref().is_some_and(|p| p.tls);
+            (i.protocol.as_ref().map(|p| p.obj.clone_ref(py)), tls, i.sock.as_ref().map(|s| s.clone_ref(py)))
         });
+        // A TLS transport is shown with the application's protocol, not asyncio's SSLProtocol.
+        let protocol = match protocol {
+            Some(p) if tls => p.bind(py).getattr(pyo3::intern!(py, "_app_protocol")).ok().filter(|a| !a.is_none()),
+            Some(p) => Some(p.into_bound(py)),
+            None => None,
+        };
         let protocol_name = match protocol {
-            Some(p) => p.bind(py).get_type().name()?.to_string(),
+            Some(p) => p.get_type().name()?.to_string(),
             None => String::new(),
         };
         let is_unix = match kind {
@@ -273,7 +282,13 @@ impl StreamTransport {
         let now = crate::clock::now_ns();
         Ok(self.inner.with(py, |i| inspector::TransportRecord {
             id: self.fd as u64,
-            kind: if is_unix { inspector::TransportKind::Unix } else { inspector::TransportKind::Tcp },
+            kind: if tls {
+                inspector::TransportKind::Tls
+            } else if is_unix {
+                inspector::TransportKind::Unix
+            } else {
+                inspector::TransportKind::Tcp
+            },
             local,
             peer,
             protocol: protocol_name,
@@ -703,7 +718,8 @@ impl StreamTransport {
 
     fn set_protocol_inner(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let buffered = protocol.is_instance(stdlib::buffered_protocol(py)?)?;
-        let old = self.inner.with(py, |i| i.protocol.replace(Protocol { obj: protocol.clone().unbind(), buffered }));
+        let tls = buffered && protocol.is_instance(stdlib::ssl_protocol(py)?)?;
+        let old = self.inner.with(py, |i| i.protocol.replace(Protocol { obj: protocol.clone().unbind(), buffered, tls }));
         drop(old);
         Ok(())
     }
