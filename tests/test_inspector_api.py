@@ -665,6 +665,119 @@ def test_samples_count_transport_bytes(tmp_path):
         s.finish()
 
 
+TLS_SCRIPT = HEARTBEAT + '''
+import datetime, os, socket, ssl, tempfile
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+N = 100_000
+
+def cert_file():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    path = os.path.join(tempfile.mkdtemp(), "cert.pem")
+    with open(path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return path
+
+class Upgraded(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t = t
+
+async def main():
+    loop = asyncio.get_running_loop()
+    start_heartbeat()
+    cert = cert_file()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert)
+    cctx = ssl.create_default_context(cafile=cert)
+    received = loop.create_future()
+
+    async def handle(reader, writer):
+        writer.write(await reader.readexactly(N))
+        await writer.drain()
+        received.set_result(writer)
+
+    # ssl= over TCP: both ends are TLS transports carrying StreamReaderProtocol.
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=sctx)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=cctx, server_hostname="localhost")
+    writer.write(b"x" * N)
+    await writer.drain()
+    assert len(await reader.readexactly(N)) == N
+    server_writer = await received
+
+    # start_tls over a Unix socketpair: TLS transports carrying Upgraded.
+    a, b = socket.socketpair()
+    ta, _ = await loop.connect_accepted_socket(Upgraded, a)
+    tb, _ = await loop.connect_accepted_socket(Upgraded, b)
+    ua, ub = await asyncio.gather(
+        loop.start_tls(ta, ta.get_protocol(), sctx, server_side=True),
+        loop.start_tls(tb, tb.get_protocol(), cctx, server_hostname="localhost"))
+    await asyncio.sleep(0.6)
+    emit("UP", port=port, client=writer.get_extra_info("sockname"))
+    await command()
+    for w in (writer, server_writer):
+        w.close()
+    ua.close()
+    ub.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    await asyncio.sleep(0.3)
+    emit("CLOSED")
+    await command()
+
+asyncio.run(main())
+'''
+
+
+def test_tls_transports_are_kind_tls_with_the_application_protocol(tmp_path):
+    """ssl= and start_tls connections are listed as kind "tls" (not tcp or unix),
+    with the application's protocol class rather than asyncio's SSLProtocol, and
+    their wire bytes; /metrics counts them under type="tls"."""
+    N = 100_000
+    with Inspected(TLS_SCRIPT, tmp_path) as s:
+        up = s.expect("UP")
+        lid = s.only_loop()
+        items = s.tables(lid, "transports")["items"]
+        assert sorted(t["kind"] for t in items) == ["tls"] * 4, items
+        assert s.tables(lid, "transports", "kind=tcp")["total"] == 0
+        assert s.tables(lid, "transports", "kind=unix")["total"] == 0
+        client_addr = f"{up['client'][0]}:{up['client'][1]}"
+        server_addr = f"127.0.0.1:{up['port']}"
+        by_local = {t["local"]: t for t in items}
+        streams = [by_local[client_addr], by_local[server_addr]]
+        upgraded = [t for t in items if t not in streams]
+        for t in streams:
+            assert t["protocol"] == "StreamReaderProtocol", t
+            # Ciphertext on the wire: the payload plus the records' overhead and the handshake.
+            assert N < t["bytes_in"] < 2 * N and N < t["bytes_out"] < 2 * N, t
+            assert t["state"] == "open"
+        assert [t["protocol"] for t in upgraded] == ["Upgraded", "Upgraded"], upgraded
+        fams = parse_prometheus(s.get("/metrics").text)
+        assert one(fams, "asyncio_transport_active", loop=str(lid), type="tls") == 4
+        assert one(fams, "asyncio_transport_active", loop=str(lid), type="tcp") == 0
+
+        s.send()
+        s.expect("CLOSED")
+        left = [t for t in s.tables(lid, "transports")["items"] if t["state"] != "closed"]
+        assert left == [], left
+        s.send()
+        s.finish()
+
+
 PAUSE_SCRIPT = HEARTBEAT + '''
 import socket
 

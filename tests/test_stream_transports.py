@@ -497,6 +497,38 @@ def test_callback_order_peer_sends_then_closes(loop, run, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_data_arriving_during_an_iteration_is_read_at_the_next_poll(loop, run, kind):
+    """A transport is read once per iteration, as a selector reports an fd once:
+    what the peer sends while callbacks run is read at the next poll, after the
+    callbacks scheduled meanwhile (here: after a resume_reading, whose catch-up
+    read must not add a second read to the iteration)."""
+    async def main():
+        order = []
+        done = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def data_received(self, data):
+                order.append(data)
+                if data == b"1":
+                    loop.call_soon(order.append, "soon")
+                    peer.sendall(b"2")
+                elif not done.done():
+                    done.set_result(None)
+
+        tr, _, peer = await connected_to_plain_peer(loop, kind, Probe)
+        tr.pause_reading()
+        await asyncio.sleep(0)
+        tr.resume_reading()
+        peer.sendall(b"1")
+        await asyncio.wait_for(done, 5)
+        tr.close()
+        peer.close()
+        return order
+
+    assert run(main()) == [b"1", "soon", b"2"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_callback_order_server_side(loop, run, kind):
     protos = []
 

@@ -323,7 +323,7 @@ pub enum TransportKind {
     Pipe,
     /// Subprocess transport.
     Subprocess,
-    /// TLS over another transport.
+    /// TLS (`ssl=` or `start_tls`) over a TCP or Unix stream.
     Tls,
 }
 
@@ -362,7 +362,7 @@ pub struct TransportRecord {
     pub local: String,
     /// Peer address (or empty).
     pub peer: String,
-    /// The protocol's class `__qualname__`.
+    /// The protocol's class `__qualname__` (for `tls`, the application's protocol).
     pub protocol: String,
     /// When the transport was created.
     pub created_unix_ms: u64,

@@ -16,7 +16,7 @@ use crate::tasks::{self, TaskEntry, TaskState, Tasks};
 use crate::reactor::{Side, Waiter, Watchers, WAKER_TOKEN};
 use crate::stdlib;
 use crate::timers::Timers;
-use crate::transports::Transport;
+use crate::transports::{StreamTransport, Transport};
 use inspector::Recorder;
 use mio::{Events, Poll, Registry, Waker};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyValueError};
@@ -219,7 +219,7 @@ impl LoopCore {
         // 1. How long may we sleep?
         let (has_ready, next_when, next_sample) = self.state.with(py, |s| {
             s.watchers.rearm(&self.registry);
-            (!s.ready.is_empty(), s.timers.next_when(py, &mut garbage_timers), s.link.as_ref().map(|l| l.next_sample_ns))
+            (!s.ready.is_empty() || s.watchers.has_rereads(), s.timers.next_when(py, &mut garbage_timers), s.link.as_ref().map(|l| l.next_sample_ns))
         });
         drop(garbage_timers);
         let timeout = if has_ready || self.stopping.load(Ordering::Relaxed) {
@@ -264,6 +264,7 @@ impl LoopCore {
 
         // 3. Queue I/O callbacks and due timers.
         let mut garbage_timers = Vec::new();
+        let mut garbage_rereads = Vec::new();
         {
             let p = if skip_poll { None } else { Some(self.poller.lock().unwrap_or_else(|e| e.into_inner())) };
             self.state.with(py, |s| {
@@ -273,6 +274,8 @@ impl LoopCore {
                 if !skip_poll {
                     s.last_poll_ns = poll_end;
                 }
+                let State { watchers, ready, .. } = s;
+                watchers.dispatch_rereads(py, poll_end, ready, &mut garbage_rereads);
                 for event in p.iter().flat_map(|p| p.events.iter()) {
                     if event.token() == WAKER_TOKEN {
                         continue; // the thread that woke us already queued its handle
@@ -289,7 +292,7 @@ impl LoopCore {
                 });
             });
         }
-        drop(garbage_timers);
+        drop((garbage_timers, garbage_rereads));
 
         // 4. Run what is ready now; anything they schedule waits for the next iteration.
         let ntodo = self.state.with(py, |s| {
@@ -1097,6 +1100,13 @@ impl LoopCore {
             // No event tells us whether a FIN is waiting: read until EAGAIN or EOF.
             s.ready.push_back(Ready::Io { transport: transport.into(), readable, writable, read_closed: true, queued_ns })
         });
+    }
+
+    /// Reads a transport with the next poll's events, as if the poll reported it
+    /// (reads that may have more waiting, and reads after resume_reading, which
+    /// raise no new event).
+    pub(crate) fn queue_read(&self, py: Python<'_>, transport: Py<StreamTransport>) {
+        self.state.with(py, |s| s.watchers.reread(transport));
     }
 
     fn add_watcher(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, side: Side, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {

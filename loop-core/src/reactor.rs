@@ -11,7 +11,7 @@
 
 use crate::handles::{Handle, Ready};
 use crate::sock::SockWait;
-use crate::transports::Transport;
+use crate::transports::{StreamTransport, Transport};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use pyo3::prelude::*;
@@ -87,6 +87,10 @@ pub struct Watchers {
     /// Idle fds (kept registered for sock_* calls) that had an event nobody waited
     /// for: unregistered before the next poll unless a call waits on them again.
     idle_fired: Vec<RawFd>,
+    /// Transports to report readable with the next poll's events although the
+    /// kernel raises no new edge (a read that may have left data or a FIN behind,
+    /// `resume_reading`): what a level-triggered selector would report again.
+    rereads: Vec<Py<StreamTransport>>,
 }
 
 /// Which side of an fd a watcher is on.
@@ -251,11 +255,41 @@ impl Watchers {
         self.transports.len()
     }
 
+    /// Reports `transport` readable with the next poll's events.
+    pub fn reread(&mut self, transport: Py<StreamTransport>) {
+        self.rereads.push(transport);
+    }
+
+    /// Whether the next iteration has rereads to run (so its poll must not block).
+    pub fn has_rereads(&self) -> bool {
+        !self.rereads.is_empty()
+    }
+
+    /// Queues the rereads asked for since the last poll, ahead of the poll's own
+    /// events. A transport already queued to read is not queued twice; those
+    /// references go to `garbage`, to be dropped outside the loop's state.
+    pub fn dispatch_rereads(&mut self, py: Python<'_>, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>, garbage: &mut Vec<Py<StreamTransport>>) {
+        for t in self.rereads.drain(..) {
+            if t.get().claim_read(py) {
+                // No event says whether a FIN waits behind the data: read until EAGAIN or EOF.
+                ready.push_back(Ready::Io { transport: t.into(), readable: true, writable: false, read_closed: true, queued_ns: now_ns });
+            } else {
+                garbage.push(t);
+            }
+        }
+    }
+
     /// Queues the callbacks for one poll event.
     #[allow(clippy::too_many_arguments)]
     pub fn dispatch(&mut self, py: Python<'_>, fd: RawFd, readable: bool, writable: bool, read_closed: bool, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>) {
         if let Some(t) = self.transports.get(&fd) {
-            ready.push_back(Ready::Io { transport: t.clone_ref(py), readable, writable, read_closed, queued_ns: now_ns });
+            // One read per transport per iteration, as a selector reports an fd once:
+            // a second read here would take data that arrived during this iteration's
+            // callbacks, which asyncio's loop only sees at the next poll.
+            let readable = readable && t.claim_read(py);
+            if readable || writable {
+                ready.push_back(Ready::Io { transport: t.clone_ref(py), readable, writable, read_closed, queued_ns: now_ns });
+            }
             return;
         }
         let Some(w) = self.fds.get(&fd) else { return };
@@ -310,6 +344,9 @@ impl Watchers {
         for t in self.transports.values() {
             visit.call(t.as_any())?;
         }
+        for t in &self.rereads {
+            visit.call(t)?;
+        }
         Ok(())
     }
 
@@ -319,6 +356,7 @@ impl Watchers {
             let _ = registry.deregister(&mut SourceFd(&fd));
             transports.push(t);
         }
+        transports.extend(self.rereads.drain(..).map(Transport::from));
         for (fd, mut w) in self.fds.drain() {
             if w.registered.is_some() {
                 let _ = registry.deregister(&mut SourceFd(&fd));

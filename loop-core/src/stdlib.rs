@@ -27,3 +27,4 @@ cached_attr!(iscoroutinefunction, "asyncio.coroutines", "iscoroutinefunction");
 cached_attr!(server_detach, "glassloop._loop", "_server_detach");
 cached_attr!(task_type, "asyncio.tasks", "Task");
 cached_attr!(buffered_protocol, "asyncio", "BufferedProtocol");
+cached_attr!(ssl_protocol, "asyncio.sslproto", "SSLProtocol");

@@ -3,8 +3,9 @@
 `Loop` puts `glassloop._core.LoopCore` (ready queue, timers, mio reactor, handle
 running and recording, all in Rust) first in the MRO, so those methods win, and
 inherits the rest of the asyncio API from the standard selector loop: its
-networking, pipes, subprocesses, signals and TLS run on top of our reactor
-through `_add_reader`/`_add_writer`.
+networking, pipes, subprocesses and signals run on top of our reactor through
+`_add_reader`/`_add_writer`. TCP and Unix stream connections, TLS ones
+included, get the Rust `StreamTransport`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 import warnings
-from asyncio import base_events, events, futures
+from asyncio import base_events, events, futures, sslproto
 from typing import Any
 
 from . import _core, _stacks
@@ -273,6 +274,21 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *, server_side=False,
+                            server_hostname=None, extra=None, server=None, **timeouts):
+        # TLS connections (ssl= on create_connection, create_server, ...) get asyncio's
+        # SSLProtocol over a Rust transport, as start_tls does: ciphertext moves between
+        # socket and SSL object with no Python handle per event, and into the
+        # SSLProtocol's own buffer (a BufferedProtocol) without a copy.
+        if rawsock.type != socket.SOCK_STREAM or rawsock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            return super()._make_ssl_transport(
+                rawsock, protocol, sslcontext, waiter, server_side=server_side,
+                server_hostname=server_hostname, extra=extra, server=server, **timeouts)
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname, **timeouts)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     async def _sendfile_native(self, transp, file, offset, count):
         """`loop.sendfile()` on a Rust transport: sendfile(2) straight from the file

@@ -73,6 +73,15 @@ impl Transport {
         }
     }
 
+    /// Marks a read as queued; false if one already is (a datagram transport reads
+    /// whenever its socket is readable).
+    pub fn claim_read(&self, py: Python<'_>) -> bool {
+        match self {
+            Transport::Stream(t) => t.get().claim_read(py),
+            Transport::Datagram(_) => true,
+        }
+    }
+
     pub fn record(&self, py: Python<'_>) -> PyResult<inspector::TransportRecord> {
         match self {
             Transport::Stream(t) => t.get().record(py),

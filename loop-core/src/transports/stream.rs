@@ -84,6 +84,8 @@ thread_local! {
 struct Protocol {
     obj: Py<PyAny>,
     buffered: bool,
+    /// asyncio's `SSLProtocol` (`ssl=` or `start_tls`): the transport carries TLS.
+    tls: bool,
 }
 
 struct Inner {
@@ -102,6 +104,8 @@ struct Inner {
     started: bool,
     /// eof_received() asked to keep the transport open: no more reads.
     read_done: bool,
+    /// A read of this transport is in the ready queue (see `claim_read`).
+    read_queued: bool,
     conn_lost: u32,
     protocol_paused: bool,
     /// `loop.sendfile()`: resolved once the write buffer is empty; writes are refused meanwhile.
@@ -127,8 +131,17 @@ pub struct StreamTransport {
     inner: GilCell<Inner>,
 }
 
+/// `OSError(errno, strerror)`, which Python turns into the matching subclass
+/// (ConnectionResetError, ...) with the message asyncio's transports give.
 fn os_error_from_errno(errno: i32) -> PyErr {
-    PyOSError::new_err((errno, io::Error::from_raw_os_error(errno).to_string()))
+    let mut buf = [0 as libc::c_char; 256];
+    // SAFETY: strerror_r (XSI) writes a NUL-terminated message into `buf`, within its length.
+    let message = if unsafe { libc::strerror_r(errno, buf.as_mut_ptr(), buf.len()) } == 0 {
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    } else {
+        format!("Unknown error {errno}")
+    };
+    PyOSError::new_err((errno, message))
 }
 
 pub(super) fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
@@ -239,11 +252,18 @@ impl StreamTransport {
             })
         };
         let (local, peer) = (addr("sockname")?, addr("peername")?);
-        let (protocol, kind) = self.inner.with(py, |i| {
-            (i.protocol.as_ref().map(|p| p.obj.clone_ref(py)), i.sock.as_ref().map(|s| s.clone_ref(py)))
+        let (protocol, tls, kind) = self.inner.with(py, |i| {
+            let tls = i.protocol.as_ref().is_some_and(|p| p.tls);
+            (i.protocol.as_ref().map(|p| p.obj.clone_ref(py)), tls, i.sock.as_ref().map(|s| s.clone_ref(py)))
         });
+        // A TLS transport is shown with the application's protocol, not asyncio's SSLProtocol.
+        let protocol = match protocol {
+            Some(p) if tls => p.bind(py).getattr(pyo3::intern!(py, "_app_protocol")).ok().filter(|a| !a.is_none()),
+            Some(p) => Some(p.into_bound(py)),
+            None => None,
+        };
         let protocol_name = match protocol {
-            Some(p) => p.bind(py).get_type().name()?.to_string(),
+            Some(p) => p.get_type().name()?.to_string(),
             None => String::new(),
         };
         let is_unix = match kind {
@@ -253,7 +273,13 @@ impl StreamTransport {
         let now = crate::clock::now_ns();
         Ok(self.inner.with(py, |i| inspector::TransportRecord {
             id: self.fd as u64,
-            kind: if is_unix { inspector::TransportKind::Unix } else { inspector::TransportKind::Tcp },
+            kind: if tls {
+                inspector::TransportKind::Tls
+            } else if is_unix {
+                inspector::TransportKind::Unix
+            } else {
+                inspector::TransportKind::Tcp
+            },
             local,
             peer,
             protocol: protocol_name,
@@ -270,6 +296,11 @@ impl StreamTransport {
             paused_writing_ns: i.paused_writing_ns + if i.protocol_paused { now.saturating_sub(i.paused_writing_since) } else { 0 },
             state: if i.sock.is_none() { "closed" } else if i.closing { "closing" } else { "open" }.to_string(),
         }))
+    }
+
+    /// Marks a read as queued; false if one already is (the caller then queues none).
+    pub fn claim_read(&self, py: Python<'_>) -> bool {
+        self.inner.with(py, |i| !std::mem::replace(&mut i.read_queued, true))
     }
 
     pub fn stats(&self, py: Python<'_>) -> TransportStats {
@@ -310,17 +341,10 @@ impl StreamTransport {
         let py = slf.py();
         with_context(py, &this.context, || {
             if readable {
+                this.inner.with(py, |i| i.read_queued = false);
                 match Self::read_ready(slf)? {
-                    ReadOutcome::Short if read_closed => {
-                        if let Some(core) = this.core(py) {
-                            core.get().queue_io(py, slf.clone().unbind(), true, false);
-                        }
-                    }
-                    ReadOutcome::More => {
-                        if let Some(core) = this.core(py) {
-                            core.get().queue_io(py, slf.clone().unbind(), true, false);
-                        }
-                    }
+                    ReadOutcome::Short if read_closed => Self::read_again(slf),
+                    ReadOutcome::More => Self::read_again(slf),
                     ReadOutcome::Eof => Self::on_eof(slf)?,
                     ReadOutcome::Short | ReadOutcome::Drained | ReadOutcome::Closed => {}
                 }
@@ -333,6 +357,14 @@ impl StreamTransport {
             }
             Ok(())
         })
+    }
+
+    /// Reads again with the next poll's events: edge-triggered readiness raises
+    /// no new event for data (or a FIN) already waiting.
+    fn read_again(slf: &Bound<'_, Self>) {
+        if let Some(core) = slf.get().core(slf.py()) {
+            core.get().queue_read(slf.py(), slf.clone().unbind());
+        }
     }
 
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<ReadOutcome> {
@@ -677,7 +709,8 @@ impl StreamTransport {
 
     fn set_protocol_inner(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let buffered = protocol.is_instance(stdlib::buffered_protocol(py)?)?;
-        let old = self.inner.with(py, |i| i.protocol.replace(Protocol { obj: protocol.clone().unbind(), buffered }));
+        let tls = buffered && protocol.is_instance(stdlib::ssl_protocol(py)?)?;
+        let old = self.inner.with(py, |i| i.protocol.replace(Protocol { obj: protocol.clone().unbind(), buffered, tls }));
         drop(old);
         Ok(())
     }
@@ -733,6 +766,7 @@ impl StreamTransport {
                 paused: false,
                 started: false,
                 read_done: false,
+                read_queued: false,
                 conn_lost: 0,
                 protocol_paused: false,
                 empty_waiter: None,
@@ -769,9 +803,10 @@ impl StreamTransport {
         if !start {
             return Ok(());
         }
+        // Registering reports what already arrived (epoll checks readiness on
+        // EPOLL_CTL_ADD) with the next poll, when asyncio's loop would see it too.
         if let Some(core) = this.core(py) {
             core.get().register_transport(py, this.fd, slf.clone().unbind())?;
-            core.get().queue_io(py, slf.clone().unbind(), true, false);
         }
         Ok(())
     }
@@ -899,8 +934,8 @@ impl StreamTransport {
         });
         if resumed {
             // Edge-triggered: data that arrived while paused raised no new event.
-            if let (true, Some(core)) = (started, this.core(py)) {
-                core.get().queue_io(py, slf.clone().unbind(), true, false);
+            if started {
+                Self::read_again(slf);
             }
             if let Some(lp) = this.loop_obj(py) {
                 if lp.call_method0("get_debug")?.is_truthy()? {
