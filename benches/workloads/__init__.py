@@ -15,6 +15,8 @@ NAMES = (
     "threadsafe",
     "tasks_gather",
     "sleep0_pingpong",
+    "subprocess_spawn",
+    "subprocess_pipe",
 )
 
 
