@@ -822,19 +822,20 @@ def test_child_watcher_chosen_by_program_is_used(loop, run, restore_policy):
     """A child watcher the program installed itself is the one that watches."""
     import warnings
 
-    class Recording(asyncio.ThreadedChildWatcher):
-        def __init__(self):
-            super().__init__()
-            self.pids = []
-
-        def add_child_handler(self, pid, callback, *args):
-            self.pids.append(pid)
-            super().add_child_handler(pid, callback, *args)
-
-    watcher = Recording()
-    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the watcher classes and API are deprecated from 3.12 on
         warnings.simplefilter("ignore", DeprecationWarning)
+
+        class Recording(asyncio.ThreadedChildWatcher):
+            def __init__(self):
+                super().__init__()
+                self.pids = []
+
+            def add_child_handler(self, pid, callback, *args):
+                self.pids.append(pid)
+                super().add_child_handler(pid, callback, *args)
+
+        watcher = Recording()
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
         asyncio.set_child_watcher(watcher)
 
     async def main():
@@ -941,8 +942,8 @@ def test_glassloop_status_collected_by_popen_first(glassloop):
     the Popen collect the status (Popen.poll()): wait() still returns the
     child's own code. (asyncio's PidfdChildWatcher reports 255 here.)"""
     async def main():
-        proc = await asyncio.create_subprocess_exec("sh", "-c", "exit 5")
-        _wait_until_zombie(proc.pid)  # no await: the loop has not looked yet
+        proc = await asyncio.create_subprocess_exec("sh", "-c", "sleep 0.2; exit 5")
+        _wait_until_zombie(proc.pid)  # no await: the loop cannot look meanwhile
         proc.send_signal(signal.SIGTERM)  # Popen.poll() reaps; no signal is sent
         return await asyncio.wait_for(proc.wait(), 10)
 
