@@ -17,6 +17,8 @@ NAMES = (
     "sleep0_pingpong",
     "udp_pingpong",
     "sock_pingpong",
+    "subprocess_spawn",
+    "subprocess_pipe",
 )
 
 

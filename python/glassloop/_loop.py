@@ -25,7 +25,7 @@ import warnings
 from asyncio import base_events, events, futures, sslproto
 from typing import Any
 
-from . import _core, _stacks
+from . import _children, _core, _stacks
 
 __all__ = ["Loop"]
 
@@ -245,6 +245,8 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         """Close the loop: drop pending callbacks, shut down the default executor."""
         super().close()
         self._close_core()
+        if self._subprocess_children is not None:
+            self._subprocess_children.close()
 
     # Connections made by asyncio's create_connection/create_server/connect_accepted_socket
     # (and their Unix variants) get a Rust transport; the rest keep asyncio's.
@@ -289,6 +291,33 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
             self, protocol, sslcontext, waiter, server_side, server_hostname, **timeouts)
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    # Subprocesses: asyncio's transport and pipes, but the child's exit is watched
+    # by the loop itself (a pidfd on the reactor; see _children) rather than by
+    # the policy's child watcher.
+    _subprocess_children: _children.Children | None = None
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs):
+        if _children.chosen_child_watcher() is not None:
+            # The program installed a watcher of its own choosing: use it, as asyncio would.
+            return await super()._make_subprocess_transport(
+                protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs)
+        if self._subprocess_children is None:
+            self._subprocess_children = _children.Children(self)
+        waiter = self.create_future()
+        transport = asyncio.unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs)
+        self._subprocess_children.watch(transport)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            # The pipes could not be connected: kill the child and wait for it, as asyncio does.
+            transport.close()
+            await transport._wait()
+            raise
+        return transport
 
     async def _sendfile_native(self, transp, file, offset, count):
         """`loop.sendfile()` on a Rust transport: sendfile(2) straight from the file
