@@ -368,6 +368,9 @@ def check_metrics_match_api(req, url, loop_id):
     b = metric(req, "asyncio.transport.bytes")
     by_dir = {attrs(p.attributes)["direction"]: number(p) for p in b.sum.data_points if attrs(p.attributes)["loop"] == str(loop_id)}
     assert by_dir == {"in": api["bytes_in"], "out": api["bytes_out"]}
+    conns = metric(req, "asyncio.connections")
+    assert conns.sum.is_monotonic and conns.unit == "{connection}"
+    assert [number(p) for p in conns.sum.data_points if attrs(p.attributes)["loop"] == str(loop_id)] == [api["connections"]]
     assert metric(req, "asyncio.eventloop.utilization").gauge.data_points
     assert not metric(req, "asyncio.task.active").sum.is_monotonic
 
@@ -581,9 +584,23 @@ WORKLOAD = textwrap.dedent(
             pass
         await asyncio.sleep(0.01)
 
+    async def echo(reader, writer):
+        writer.write(await reader.read(100))
+        await writer.drain()
+        writer.close()
+
     async def main():
         for r in range(5):
             await asyncio.gather(*(asyncio.create_task(worker(r * 10 + i), name=f"worker-{r * 10 + i}") for i in range(4)))
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        for _ in range(2):  # 4 connections: 2 made, 2 accepted
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+            writer.write(b"ping")
+            assert await reader.read() == b"ping"
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
         c = asyncio.create_task(asyncio.sleep(10), name="cancelled-one")
         await asyncio.sleep(0)
         c.cancel()

@@ -11,7 +11,7 @@
 //! What the loop does (deterministic but for timing):
 //! - a sample every 250 ms: per sample 10 callbacks of 20 µs and 2 of 2 ms, 5 loop
 //!   delays of 50 µs, 3 task steps of 30 µs, 1 timer 200 µs late, 1 executor job of
-//!   15 ms; 4 iterations, 1000 bytes in, 500 out;
+//!   15 ms; 4 iterations, 1000 bytes in, 500 out, 3 connections;
 //! - a task tree: `main` (task 1, pending until the end); every round (`--round-ms`,
 //!   default 200) `--fanout` (default 3) `worker` children of `main`, each with one
 //!   `leaf` child; the previous round's workers and leaves finish, cycling through
@@ -145,6 +145,7 @@ fn sample(seq: u64) -> Sample {
     s.fds_registered = 4;
     s.bytes_in = 1000;
     s.bytes_out = 500;
+    s.connections = 3;
     s.executor_done = 1;
     s.executor_running = 1;
     let h = &mut s.histograms;

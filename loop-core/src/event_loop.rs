@@ -58,6 +58,8 @@ pub(crate) struct State {
     pub(crate) closed_bytes_in: u64,
     /// Executor jobs: (queued, running, done in total).
     pub(crate) executor: (u64, u64, u64),
+    /// Connections opened (stream transports made: accepted or connected), in total.
+    pub(crate) connections: u64,
     pub(crate) closed_bytes_out: u64,
     pub(crate) timers: Timers,
     pub(crate) watchers: Watchers,
@@ -505,6 +507,7 @@ impl LoopCore {
                 link: None,
                 closed_bytes_in: 0,
                 executor: (0, 0, 0),
+                connections: 0,
                 closed_bytes_out: 0,
                 timers: Timers::default(),
                 watchers: Watchers::default(),
@@ -750,6 +753,12 @@ impl LoopCore {
         });
     }
 
+    /// Counts a connection (a stream transport made for an accepted or connected
+    /// socket, plain or TLS): `asyncio.connections`.
+    fn _connection_opened(&self, py: Python<'_>) {
+        self.state.with(py, |s| s.connections += 1);
+    }
+
     /// Adds a task made by `create_task` to the task table.
     fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
         let weak = pyo3::types::PyWeakrefReference::new(task)?.into_any().unbind();
@@ -907,6 +916,7 @@ impl LoopCore {
         d.set_item("timers_in_heap", timers)?;
         d.set_item("fds_registered", fds + self.state.with(py, |s| s.watchers.transport_count()))?;
         d.set_item("transports_open", self.state.with(py, |s| s.watchers.transport_count()))?;
+        d.set_item("connections", self.state.with(py, |s| s.connections))?;
         let cb = PyDict::new(py);
         cb.set_item("count", snap.callback_count)?;
         cb.set_item("p50", snap.callback_p50_ns as f64 / 1e9)?;

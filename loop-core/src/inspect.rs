@@ -63,6 +63,7 @@ pub struct Link {
     pub last_tasks_finished: u64,
     pub last_bytes: (u64, u64),
     pub last_executor_done: u64,
+    pub last_connections: u64,
 }
 
 fn task_state(s: TaskState) -> RecordState {
@@ -107,6 +108,7 @@ impl LoopCore {
             last_tasks_finished: 0,
             last_bytes: (0, 0),
             last_executor_done: 0,
+            last_connections: 0,
         })
     }
 
@@ -129,6 +131,8 @@ impl LoopCore {
                 sample.executor_running = s.executor.1;
                 sample.executor_done = s.executor.2 - link.last_executor_done;
                 link.last_executor_done = s.executor.2;
+                sample.connections = s.connections - link.last_connections;
+                link.last_connections = s.connections;
                 sample
             });
             sample.bytes_in = bytes.0.saturating_sub(link.last_bytes.0);

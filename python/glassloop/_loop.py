@@ -187,6 +187,7 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
     # Connections made by asyncio's create_connection/create_server/connect_accepted_socket
     # (and their Unix variants) get a Rust transport; the rest keep asyncio's.
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        self._connection_opened()
         if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
         self._ensure_fd_no_transport(sock)
@@ -199,6 +200,11 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
+
+    def _make_ssl_transport(self, *args, **kwargs):
+        # TLS connections from create_connection/create_server keep asyncio's transport.
+        self._connection_opened()
+        return super()._make_ssl_transport(*args, **kwargs)
 
     async def _sendfile_native(self, transp, file, offset, count):
         """`loop.sendfile()` on a Rust transport: sendfile(2) straight from the file
