@@ -21,13 +21,16 @@
 //!   (default 300; 0 = none), one stall of N ms at 1.5 s (stack from the capture
 //!   function, site `blocker (feed.py:7)`);
 //! - a busy "work" counter on the loop thread, reported every second, to show the
-//!   loop's pace does not depend on the collector.
+//!   loop's pace does not depend on the collector; with `--control 1`, a second
+//!   thread does the same work without touching the hub, so the loop's pace can be
+//!   compared with it second by second (which cancels out the machine's load).
 //!
 //! Output lines (stdout): `otlp_feed: inspector on URL`, `otlp_feed: loop ID`,
-//! `otlp_feed: otlp {json OtlpInfo}`, `otlp_feed: tick {"t": s, "work": n}` each
-//! second, and at the end (after a final table and `otlp::flush`) `otlp_feed: done
-//! {"finished": n, "roots": n, "flushed": bool}`. Then it lingers `--linger` seconds
-//! (default 30) so its API can be read, or until stdin closes.
+//! `otlp_feed: otlp {json OtlpInfo}`, `otlp_feed: tick {"t": s, "work": n, "control": m}`
+//! each second (`control` 0 without `--control 1`), and at the end (after a final
+//! table and `otlp::flush`) `otlp_feed: done {"finished": n, "roots": n, "flushed":
+//! bool}`. Then it lingers `--linger` seconds (default 30) so its API can be read,
+//! or until stdin closes.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -46,10 +49,12 @@ struct Args {
     stall_ms: u64,
     linger: f64,
     port: u16,
+    control: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { seconds: 5.0, round_ms: 200, fanout: 3, keep: 1024, stall_ms: 300, linger: 30.0, port: 0 };
+    let mut a =
+        Args { seconds: 5.0, round_ms: 200, fanout: 3, keep: 1024, stall_ms: 300, linger: 30.0, port: 0, control: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -62,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
             "--stall-ms" => a.stall_ms = v.parse().map_err(|e| bad(&e))?,
             "--linger" => a.linger = v.parse().map_err(|e| bad(&e))?,
             "--port" => a.port = v.parse().map_err(|e| bad(&e))?,
+            "--control" => a.control = v.parse::<u8>().map_err(|e| bad(&e))? != 0,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -128,6 +134,25 @@ impl Tasks {
             slow_callbacks: slow.to_vec(),
             ..Default::default()
         }
+    }
+}
+
+/// A fixed unit of busy work: the loop's (and the control thread's) "throughput".
+fn work_unit(x: &mut u64) {
+    for _ in 0..10_000 {
+        *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    }
+    std::hint::black_box(*x);
+}
+
+/// The control thread: the loop's iteration without the hub, counting units in `done`.
+fn control(done: std::sync::Arc<std::sync::atomic::AtomicU64>, end: Duration) {
+    let start = Instant::now();
+    let mut x: u64 = 1;
+    while start.elapsed() < end {
+        work_unit(&mut x);
+        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        thread::sleep(Duration::from_micros(200));
     }
 }
 
@@ -214,6 +239,12 @@ fn main() {
 
     let start = Instant::now();
     let end = Duration::from_secs_f64(args.seconds.max(0.5));
+    let control_done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if args.control {
+        let done = std::sync::Arc::clone(&control_done);
+        thread::spawn(move || control(done, end));
+    }
+    let mut control_at_tick: u64 = 0;
     let (mut next_sample, mut next_tables, mut next_round, mut next_tick) =
         (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::from_secs(1));
     let mut seq = 0;
@@ -225,10 +256,7 @@ fn main() {
     let mut x: u64 = 1;
     while start.elapsed() < end {
         let now = start.elapsed();
-        // A fixed unit of busy work, the loop's "throughput".
-        for _ in 0..10_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        }
+        work_unit(&mut x);
         work += 1;
         heartbeat.iteration(work);
         if now >= next_round {
@@ -277,8 +305,15 @@ fn main() {
         }
         if now >= next_tick {
             next_tick += Duration::from_secs(1);
-            say(format!("tick {{\"t\": {:.1}, \"work\": {}}}", now.as_secs_f64(), work - work_at_tick));
+            let control = control_done.load(std::sync::atomic::Ordering::Relaxed);
+            say(format!(
+                "tick {{\"t\": {:.1}, \"work\": {}, \"control\": {}}}",
+                now.as_secs_f64(),
+                work - work_at_tick,
+                control - control_at_tick
+            ));
             work_at_tick = work;
+            control_at_tick = control;
         }
         thread::sleep(Duration::from_micros(200));
     }
