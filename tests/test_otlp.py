@@ -3,8 +3,8 @@
 Two receivers run in this process: an HTTP one (``POST /v1/traces``,
 ``/v1/metrics`` with ``application/x-protobuf`` bodies, as the OTel Collector's
 ``otlphttp`` receiver) and a gRPC one (``grpcio`` serving the OTLP
-``TraceService``/``MetricsService``). Messages are decoded with the
-``opentelemetry-proto`` package.
+``TraceService``/``MetricsService``), each also over TLS with a test CA
+(``certsupport``). Messages are decoded with the ``opentelemetry-proto`` package.
 
 What is exported comes from ``inspector/examples/otlp_feed.rs`` (a fake loop that
 publishes known samples and tables into the inspector's hub and exports with
@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from certsupport import make_server_certs
 
 pb_trace = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 pb_metrics = pytest.importorskip("opentelemetry.proto.collector.metrics.v1.metrics_service_pb2")
@@ -86,7 +88,7 @@ class Received:
 
 
 class HttpReceiver(Received):
-    def __init__(self):
+    def __init__(self, certs=None):
         super().__init__()
         received = self
 
@@ -122,7 +124,18 @@ class HttpReceiver(Received):
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if certs is not None:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(certs.cert, certs.key)
+            # The handshake runs in the handler's thread, not in accept().
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True, do_handshake_on_connect=False)
+            # A client that refuses our certificate is a test case, not an error to print.
+            self.server.handle_error = lambda request, address: None
+            scheme = "https"
+        self.endpoint = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self):
@@ -131,7 +144,7 @@ class HttpReceiver(Received):
 
 
 class GrpcReceiver(Received):
-    def __init__(self):
+    def __init__(self, certs=None):
         super().__init__()
         received = self
 
@@ -148,16 +161,22 @@ class GrpcReceiver(Received):
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self.server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        if certs is None:
+            port = self.server.add_insecure_port("127.0.0.1:0")
+            scheme = "http"
+        else:
+            creds = grpc.ssl_server_credentials([(certs.key.read_bytes(), certs.cert.read_bytes())])
+            port = self.server.add_secure_port("127.0.0.1:0", creds)
+            scheme = "https"
         self.server.start()
-        self.endpoint = f"http://127.0.0.1:{port}"
+        self.endpoint = f"{scheme}://127.0.0.1:{port}"
 
     def stop(self):
         self.server.stop(grace=None).wait()
 
 
-def receiver(protocol):
-    return HttpReceiver() if protocol == "http/protobuf" else GrpcReceiver()
+def receiver(protocol, certs=None):
+    return HttpReceiver(certs) if protocol == "http/protobuf" else GrpcReceiver(certs)
 
 
 # ---------------------------------------------------------------------------

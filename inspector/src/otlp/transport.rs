@@ -4,6 +4,10 @@
 //!
 //! Everything here runs on the exporter's own thread and current-thread runtime.
 //! Each export is bounded by its signal's timeout (retries included).
+//!
+//! `https://` endpoints: rustls (ring provider) under both clients, trusting the
+//! signal's `…CERTIFICATE` file or else the system's trust store, loaded once when
+//! the client is made.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -19,7 +23,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 use prost::Message;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::config::{OtlpError, Protocol, SignalConfig};
 
@@ -32,13 +36,43 @@ fn start_error(what: &str, e: impl std::fmt::Display) -> OtlpError {
     OtlpError::Start(format!("{what}: {e}"))
 }
 
+/// The certificate authorities an `https://` signal trusts.
+fn roots(sig: &SignalConfig) -> Result<rustls::RootCertStore, OtlpError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &sig.certificate {
+        Some(ca) => {
+            for der in &ca.certs {
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                    .map_err(|e| start_error(&format!("certificate {}", ca.path), e))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
+                return Err(start_error(
+                    "TLS",
+                    format!("no system CA certificates found{why}; set OTEL_EXPORTER_OTLP_CERTIFICATE"),
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
 fn channel(sig: &SignalConfig) -> Result<Channel, OtlpError> {
-    let endpoint = Endpoint::from_shared(sig.endpoint.clone())
+    let mut endpoint = Endpoint::from_shared(sig.endpoint.clone())
         .map_err(|e| start_error("gRPC endpoint", e))?
         .timeout(sig.timeout)
         .connect_timeout(sig.timeout.min(Duration::from_secs(5)))
         .user_agent(user_agent())
         .map_err(|e| start_error("gRPC user agent", e))?;
+    if sig.tls() {
+        let tls = ClientTlsConfig::new().trust_anchors(roots(sig)?.roots);
+        endpoint = endpoint.tls_config(tls).map_err(|e| start_error("gRPC TLS", e))?;
+    }
     // Lazy: a collector that is not up yet (or ever) costs nothing until an export.
     Ok(endpoint.connect_lazy())
 }
@@ -54,8 +88,19 @@ fn metadata(sig: &SignalConfig) -> Result<MetadataMap, OtlpError> {
     Ok(md)
 }
 
-fn http_client(sig: &SignalConfig) -> Arc<dyn HttpClient> {
-    Arc::new(opentelemetry_http::hyper::HyperClient::with_default_connector(sig.timeout, None))
+fn http_client(sig: &SignalConfig) -> Result<Arc<dyn HttpClient>, OtlpError> {
+    use opentelemetry_http::hyper::HyperClient;
+    if !sig.tls() {
+        return Ok(Arc::new(HyperClient::with_default_connector(sig.timeout, None)));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| start_error("TLS", e))?
+        .with_root_certificates(roots(sig)?)
+        .with_no_client_auth();
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only().enable_http1().build();
+    Ok(Arc::new(HyperClient::new(connector, sig.timeout, None)))
 }
 
 /// Builds the span exporter for `sig` (call inside the exporter's runtime).
@@ -70,7 +115,7 @@ pub(crate) fn span_exporter(sig: &SignalConfig, resource: &Resource) -> Result<S
                 // This builder percent-decodes values again: keep a literal `%` literal.
                 sig.headers.iter().map(|(k, v)| (k.clone(), v.replace('%', "%25"))).collect::<HashMap<_, _>>(),
             )
-            .with_shared_http_client(http_client(sig))
+            .with_shared_http_client(http_client(sig)?)
             .build(),
         Protocol::Grpc => SpanExporter::builder()
             .with_tonic()
@@ -116,7 +161,7 @@ impl MetricsSender {
                     headers.push((name, value));
                 }
                 MetricsSender::Http {
-                    client: http_client(sig),
+                    client: http_client(sig)?,
                     uri: sig.endpoint.parse().map_err(|e| start_error("metrics endpoint", e))?,
                     headers,
                     timeout: sig.timeout,
