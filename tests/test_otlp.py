@@ -681,5 +681,63 @@ def test_real_glassloop_workload(tmp_path, protocol):
         assert states.count("exception") >= 6 and "cancelled" in states
         assert rx.last_metrics() is not None
         assert metric(rx.last_metrics(), "asyncio.callback.duration").histogram.data_points[0].count > 0
+        assert [number(p) for p in metric(rx.last_metrics(), "asyncio.connections").sum.data_points] == [4]
     finally:
         rx.stop()
+
+
+# ---------------------------------------------------------------------------
+# https endpoints
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_https_endpoint_with_a_custom_ca(feed_binary, protocol, tmp_path):
+    """OTEL_EXPORTER_OTLP_ENDPOINT=https://… with OTEL_EXPORTER_OTLP_CERTIFICATE: the
+    same spans and points over TLS; a CA the server does not chain to delivers nothing."""
+    certs = make_server_certs(tmp_path / "tls")
+    rx = receiver(protocol, certs)
+    assert rx.endpoint.startswith("https://")
+    try:
+        env = otel_env(protocol, rx.endpoint, OTEL_EXPORTER_OTLP_CERTIFICATE=str(certs.ca))
+        feed = Feed(feed_binary, env, "--seconds", "2", "--stall-ms", "0", "--linger", "60")
+        try:
+            assert feed.info["traces"]["endpoint"].startswith("https://")
+            done = json.loads(feed.expect("done", timeout=90))
+            assert done["flushed"] is True
+            by_task = check_task_tree(task_spans(rx))
+            assert len(by_task) == done["finished"]
+            check_metrics_match_api(rx.last_metrics(), feed.url, feed.loop_id)
+            status = get_json(feed.url, "/api/v1/otlp")
+            for sig in ("traces", "metrics"):
+                assert status[sig]["exported"] > 0 and status[sig]["export_failures"] == 0, status
+            assert all(h.get("x-tenant") == "t 1" for h in rx.headers)
+        finally:
+            feed.close()
+
+        # The server's certificate does not chain to this CA: the TLS client refuses it.
+        other = make_server_certs(tmp_path / "other", cn="another test CA")
+        got = (len(rx.traces), len(rx.metrics))
+        env = otel_env(protocol, rx.endpoint, OTEL_EXPORTER_OTLP_CERTIFICATE=str(other.ca), OTEL_EXPORTER_OTLP_TIMEOUT="2000")
+        feed = Feed(feed_binary, env, "--seconds", "1.5", "--stall-ms", "0", "--linger", "60")
+        try:
+            feed.expect("done", timeout=90)
+            status = get_json(feed.url, "/api/v1/otlp")
+            for sig in ("traces", "metrics"):
+                s = status[sig]
+                assert s["exported"] == 0 and s["export_failures"] > 0 and s["dropped"] > 0, s
+                assert s["last_error"], s
+            assert (len(rx.traces), len(rx.metrics)) == got, "nothing reached the receiver"
+        finally:
+            feed.close()
+    finally:
+        rx.stop()
+
+
+def test_unreadable_certificate_is_refused_with_the_variable_named(feed_binary, tmp_path):
+    env = otel_env("grpc", "https://127.0.0.1:9", OTEL_EXPORTER_OTLP_CERTIFICATE=str(tmp_path / "missing.pem"))
+    done = subprocess.run([str(feed_binary), "--seconds", "0.5"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in done.stderr and "missing.pem" in done.stderr
+
