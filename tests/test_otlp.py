@@ -741,3 +741,169 @@ def test_unreadable_certificate_is_refused_with_the_variable_named(feed_binary, 
     assert done.returncode == 1
     assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in done.stderr and "missing.pem" in done.stderr
 
+
+# ---------------------------------------------------------------------------
+# Task spans join the application's OpenTelemetry trace
+# ---------------------------------------------------------------------------
+
+APP_TRACE_WORKLOAD = textwrap.dedent(
+    """
+    import asyncio, contextvars, json
+    import glassloop
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    trace.set_tracer_provider(TracerProvider())
+    tracer = trace.get_tracer("app")
+    unsampling = TracerProvider(sampler=ALWAYS_OFF).get_tracer("app")
+    ids = {}
+
+    def ids_of(span):
+        c = span.get_span_context()
+        return [format(c.trace_id, "032x"), format(c.span_id, "016x")]
+
+    async def leaf():
+        await asyncio.sleep(0.01)
+
+    async def handler(i):
+        await asyncio.create_task(leaf(), name=f"leaf-{i}")
+        with tracer.start_as_current_span(f"db-{i}") as db:
+            ids[f"db-{i}"] = ids_of(db)
+            await asyncio.create_task(leaf(), name=f"query-{i}")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with tracer.start_as_current_span("request") as request:
+            ids["request"] = ids_of(request)
+            await asyncio.gather(*(asyncio.create_task(handler(i), name=f"handler-{i}") for i in range(3)))
+            inside = contextvars.copy_context()
+        await asyncio.create_task(leaf(), name="plain")
+        await asyncio.create_task(leaf(), name="given-context", context=inside)
+        with unsampling.start_as_current_span("dropped") as dropped:
+            ids["dropped"] = ids_of(dropped)
+            await asyncio.create_task(leaf(), name="unsampled")
+        loop.set_task_factory(lambda loop, coro, **kw: asyncio.Task(coro, loop=loop, **kw))
+        with tracer.start_as_current_span("factory") as factory:
+            ids["factory"] = ids_of(factory)
+            await asyncio.create_task(leaf(), name="from-factory")
+        loop.set_task_factory(None)
+        ids["rows"] = {r["name"]: [r["trace_id"], r["parent_span_id"], r["trace_flags"]]
+                       for r in loop.tasks() if r["name"] in ("handler-0", "plain", "unsampled")}
+        await asyncio.sleep(1.5)  # a table publication after the last task finished
+
+    glassloop.run(main(), otlp=True)
+    print("IDS " + json.dumps(ids), flush=True)
+    """
+)
+
+
+def run_script(tmp_path, source, env, timeout=90):
+    script = tmp_path / "workload.py"
+    script.write_text(source)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_task_spans_join_the_applications_trace(tmp_path, protocol):
+    pytest.importorskip("opentelemetry.sdk.trace")
+    if not glassloop_has_otlp():
+        pytest.skip("glassloop.run(..., otlp=...) is not wired yet")
+    rx = receiver(protocol)
+    try:
+        out = run_script(tmp_path, APP_TRACE_WORKLOAD, otel_env(protocol, rx.endpoint))
+        ids = json.loads(next(l for l in out.splitlines() if l.startswith("IDS "))[4:])
+        by_name = {}
+        for s in task_spans(rx):
+            a = attrs(s.attributes)
+            by_name[a["asyncio.task.name"]] = (s, a)
+        trace_of = lambda name: by_name[name][0].trace_id.hex()
+        parent_of = lambda name: by_name[name][0].parent_span_id.hex()
+        span_of = lambda name: by_name[name][0].span_id.hex()
+        request_trace, request_span = ids["request"]
+
+        main = next(name for name, (_, a) in by_name.items() if a["asyncio.task.coroutine"].endswith("main"))
+        assert parent_of(main) == "", "made outside any application span: a root"
+        assert trace_of(main) != request_trace
+        for i in range(3):
+            # Made inside `request`: its child, linked to the task that made it.
+            h = by_name[f"handler-{i}"][0]
+            assert (trace_of(f"handler-{i}"), parent_of(f"handler-{i}")) == (request_trace, request_span)
+            assert [l.span_id.hex() for l in h.links] == [span_of(main)]
+            # Made by the handler with `request` still current: the handler is the narrower parent.
+            assert (trace_of(f"leaf-{i}"), parent_of(f"leaf-{i}")) == (request_trace, span_of(f"handler-{i}"))
+            # Made inside `db-i`, which the handler opened: db-i's child.
+            assert ids[f"db-{i}"][0] == request_trace
+            assert (trace_of(f"query-{i}"), parent_of(f"query-{i}")) == tuple(ids[f"db-{i}"])
+        # Outside any span: the task tree, in the main task's trace.
+        assert (trace_of("plain"), parent_of("plain")) == (trace_of(main), span_of(main))
+        # create_task(context=...): the span current in that context.
+        assert (trace_of("given-context"), parent_of("given-context")) == (request_trace, request_span)
+        # A task factory's task joins too.
+        assert (trace_of("from-factory"), parent_of("from-factory")) == tuple(ids["factory"])
+        # The application did not sample `dropped`: neither does the default (parent-based) sampler.
+        assert "unsampled" not in by_name
+        # The task table carries the context (loop.tasks(), as the JSON API's TaskRecord).
+        # (trace_flags: W3C, bit 0 = sampled; newer SDKs also set bit 1, a random trace id.)
+        trace_id, span_id, flags = ids["rows"]["handler-0"]
+        assert [trace_id, span_id, flags & 1] == [request_trace, request_span, 1]
+        trace_id, span_id, flags = ids["rows"]["unsampled"]
+        assert [trace_id, span_id, flags & 1] == ids["dropped"] + [0]
+        assert ids["rows"]["plain"] == [None, None, 0]
+    finally:
+        rx.stop()
+
+
+NO_EXPORT_WORKLOAD = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import glassloop
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        if sys.argv[1] == "with-otel":
+            from opentelemetry import trace
+            from opentelemetry.sdk.trace import TracerProvider
+            trace.set_tracer_provider(TracerProvider())
+            with trace.get_tracer("app").start_as_current_span("request"):
+                await asyncio.create_task(asyncio.sleep(0), name="child")
+        else:
+            await asyncio.create_task(asyncio.sleep(0), name="child")
+        row = next(r for r in loop.tasks() if r["name"] == "child")
+        print("ROW " + json.dumps([row["trace_id"], row["parent_span_id"], "opentelemetry.trace" in sys.modules]))
+
+    glassloop.run(main(), otlp=sys.argv[2] == "on")
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_application_context_is_read_only_when_exporting_and_never_imported(tmp_path):
+    pytest.importorskip("opentelemetry.sdk.trace")
+    if not glassloop_has_otlp():
+        pytest.skip("glassloop.run(..., otlp=...) is not wired yet")
+    rx = HttpReceiver()
+    try:
+        env = otel_env("http/protobuf", rx.endpoint)
+
+        def row(*args):
+            script = tmp_path / "no_export.py"
+            script.write_text(NO_EXPORT_WORKLOAD)
+            done = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
+                                  timeout=90, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr[-4000:]
+            return json.loads(next(l for l in done.stdout.splitlines() if l.startswith("ROW "))[4:])
+
+        # Exporting, application without OpenTelemetry: glassloop does not import it.
+        assert row("without-otel", "on") == [None, None, False]
+        # The application uses OpenTelemetry but nothing is exported: nothing is read.
+        assert row("with-otel", "off") == [None, None, True]
+        # Both: read.
+        trace_id, span_id, imported = row("with-otel", "on")
+        assert len(trace_id) == 32 and len(span_id) == 16 and imported
+    finally:
+        rx.stop()

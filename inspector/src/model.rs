@@ -311,6 +311,17 @@ pub struct TaskRecord {
     pub longest_step_ns: u64,
     /// Delay between the last step becoming ready and starting to run.
     pub last_scheduled_delay_ns: u64,
+    /// The application's OpenTelemetry trace the task was created in (32 lowercase
+    /// hex digits): the trace of the span current at `create_task`, recorded while
+    /// OTLP traces are exported and the application uses `opentelemetry-api`.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// That span's id (16 lowercase hex digits).
+    #[serde(default)]
+    pub parent_span_id: Option<String>,
+    /// That span's W3C trace flags (bit 0: sampled); 0 without a span.
+    #[serde(default)]
+    pub trace_flags: u8,
 }
 
 /// What kind of transport (or server) a record describes.

@@ -731,7 +731,7 @@ impl LoopCore {
             kw.set_item(pyo3::intern!(py, "context"), c)?;
         }
         let task = stdlib::task_type(py)?.call((coro,), Some(&kw))?;
-        this._task_created(py, &task)?;
+        this._task_created(py, &task, context)?;
         Ok(task)
     }
 
@@ -759,8 +759,10 @@ impl LoopCore {
         self.state.with(py, |s| s.connections += 1);
     }
 
-    /// Adds a task made by `create_task` to the task table.
-    fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Adds a task made by `create_task` to the task table; `context` is the one
+    /// `create_task` was given (the task runs in it), if any.
+    #[pyo3(signature = (task, context = None))]
+    fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>, context: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let weak = pyo3::types::PyWeakrefReference::new(task)?.into_any().unbind();
         let code = task
             .call_method0(pyo3::intern!(py, "get_coro"))
@@ -768,6 +770,11 @@ impl LoopCore {
             .and_then(|c| c.getattr(pyo3::intern!(py, "cr_code")).or_else(|_| c.getattr(pyo3::intern!(py, "gi_code"))).ok())
             .map(Bound::unbind);
         let created_unix_ms = unix_ms();
+        let app_span = if crate::otel::capturing() {
+            crate::otel::current_span(py, context.filter(|c| !c.is_none())).map(Box::new)
+        } else {
+            None
+        };
         let gone = self.state.with(py, |s| {
             let entry = TaskEntry {
                 id: s.tasks.next_id(),
@@ -783,6 +790,7 @@ impl LoopCore {
                 busy_ns: 0,
                 longest_step_ns: 0,
                 last_delay_ns: 0,
+                app_span,
             };
             s.tasks.insert(task.as_ptr() as usize, entry, py)
         });
@@ -812,6 +820,9 @@ impl LoopCore {
             d.set_item("busy_seconds", r.busy_ns as f64 / 1e9)?;
             d.set_item("longest_step_seconds", r.longest_step_ns as f64 / 1e9)?;
             d.set_item("last_scheduled_delay_seconds", r.last_scheduled_delay_ns as f64 / 1e9)?;
+            d.set_item("trace_id", r.trace_id)?;
+            d.set_item("parent_span_id", r.parent_span_id)?;
+            d.set_item("trace_flags", r.trace_flags)?;
             if let Some(t) = task {
                 d.set_item("task", t)?;
             }

@@ -43,6 +43,8 @@ pub fn start_otlp(config: inspector::otlp::OtlpConfig) -> Result<inspector::otlp
     let info = inspector::otlp::start(config)?;
     if info.enabled {
         ACTIVE.store(true, Ordering::Relaxed);
+        // Task spans join the application's trace: tasks record its current span.
+        crate::otel::set_capturing(info.traces.is_some());
     }
     Ok(info)
 }
@@ -51,6 +53,7 @@ pub fn start_otlp(config: inspector::otlp::OtlpConfig) -> Result<inspector::otlp
 /// they held may be held forever, so the child's loops stay out of the hub.
 pub fn after_fork_in_child() {
     ACTIVE.store(false, Ordering::Relaxed);
+    crate::otel::set_capturing(false);
 }
 
 pub struct Link {
@@ -209,6 +212,9 @@ impl LoopCore {
                     busy_ns: e.busy_ns,
                     longest_step_ns: e.longest_step_ns,
                     last_scheduled_delay_ns: e.last_delay_ns,
+                    trace_id: e.app_span.as_ref().map(|a| a.trace_id_hex()),
+                    parent_span_id: e.app_span.as_ref().map(|a| a.span_id_hex()),
+                    trace_flags: e.app_span.as_ref().map_or(0, |a| a.flags),
                 },
             };
             let mut live: Vec<&crate::tasks::TaskEntry> = s.tasks.live().map(|(_, e)| e).collect();

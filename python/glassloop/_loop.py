@@ -282,7 +282,7 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         # create_task() with a task factory, in debug mode, or with newer keywords:
         # asyncio's own code, then the task table.
         task = asyncio.SelectorEventLoop.create_task(self, coro, **kwargs)
-        self._task_created(task)
+        self._task_created(task, kwargs.get("context"))
         return task
 
     def tasks(self, *, include_finished: bool = True) -> list[dict[str, Any]]:
