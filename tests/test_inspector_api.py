@@ -778,6 +778,78 @@ def test_tls_transports_are_kind_tls_with_the_application_protocol(tmp_path):
         s.finish()
 
 
+CONNECTIONS_SCRIPT = HEARTBEAT + '''
+import pathlib, socket, ssl, sys, tempfile
+sys.path.insert(0, TESTS)
+from certsupport import make_server_certs
+
+async def main():
+    loop = asyncio.get_running_loop()
+    start_heartbeat()
+    certs = make_server_certs(pathlib.Path(tempfile.mkdtemp()))
+
+    async def handle(reader, writer):
+        writer.write(b"hi")
+        await writer.drain()
+        writer.close()
+
+    async def visit(open_, *args, **kwargs):
+        reader, writer = await open_(*args, **kwargs)
+        assert await reader.read() == b"hi"
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass  # TLS: the server may leave without a close_notify
+
+    tcp = await asyncio.start_server(handle, "127.0.0.1", 0)
+    for _ in range(2):  # 4: 2 made, 2 accepted
+        await visit(asyncio.open_connection, *tcp.sockets[0].getsockname()[:2])
+    path = tempfile.mktemp(suffix=".sock")
+    unix = await asyncio.start_unix_server(handle, path)
+    await visit(asyncio.open_unix_connection, path)  # 2
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(certs.cert, certs.key)
+    client_ctx = ssl.create_default_context(cafile=str(certs.ca))
+    tls = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    await visit(asyncio.open_connection, *tls.sockets[0].getsockname()[:2], ssl=client_ctx)  # 2
+    a, b = socket.socketpair()
+    ta, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)  # 1
+    try:
+        await loop.create_connection(asyncio.Protocol, "127.0.0.1", 1)  # refused: no connection
+    except OSError:
+        pass
+    for s in (tcp, unix, tls):
+        s.close()
+        await s.wait_closed()
+    await asyncio.sleep(0.6)
+    emit("OPENED", stats=loop.stats())
+    await command()
+    ta.close()
+    b.close()
+
+asyncio.run(main())
+'''
+
+
+def test_connections_are_counted(tmp_path):
+    # Connections opened: accepted by servers and made by create_connection, plain,
+    # Unix and TLS, and connect_accepted_socket; a refused connect is none.
+    with Inspected(CONNECTIONS_SCRIPT.replace("TESTS", repr(os.path.dirname(__file__))), tmp_path) as s:
+        opened = s.expect("OPENED")
+        lid = s.only_loop()
+        assert opened["stats"]["connections"] == 9
+        r = wait_for(lambda: (r := s.json(f"/api/v1/loops/{lid}"))["since_start"]["connections"] == 9 and r,
+                     15, what="since_start connections")
+        samples = s.json(f"/api/v1/loops/{lid}/samples")["samples"]
+        assert sum(x["connections"] for x in samples) == 9
+        assert r["loop"]["latest"]["connections"] >= 0
+        fams = parse_prometheus(s.get("/metrics").text)
+        assert one(fams, "asyncio_connections_total", loop=str(lid)) == 9
+        s.send()
+        s.finish()
+
+
 PAUSE_SCRIPT = HEARTBEAT + '''
 import socket
 

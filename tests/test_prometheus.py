@@ -54,6 +54,7 @@ FAMILIES = {
     "asyncio_task_steps_total": ("counter", set()),
     "asyncio_transport_active": ("gauge", {"type"}),
     "asyncio_transport_bytes_total": ("counter", {"direction"}),
+    "asyncio_connections_total": ("counter", set()),
     "asyncio_executor_jobs": ("gauge", {"state"}),
     "asyncio_executor_jobs_done_total": ("counter", set()),
     "glassloop_samples_total": ("counter", set()),
@@ -254,6 +255,7 @@ def test_metrics_exposition_is_strict_and_complete(tmp_path):
         assert one(fams, "asyncio_slow_callbacks_total", loop=lid) == 1
         assert one(fams, "asyncio_eventloop_stalls_total", loop=lid) == 0
         assert one(fams, "asyncio_task_active", loop=lid) == 2
+        assert one(fams, "asyncio_connections_total", loop=lid) == 2  # the two connect_accepted_socket
         cum = dict(histogram_buckets(fams, "asyncio_callback_duration_seconds", loop=lid))
         # The 50 ms sleeper is the one callback above 25 ms; it is at most 100 ms.
         assert callbacks - cum[0.025] == 1, cum

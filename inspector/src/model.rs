@@ -141,7 +141,7 @@ impl<H> Histograms<H> {
 /// One sampling interval of one loop (default 250 ms), produced by the loop thread.
 ///
 /// Counters (`iterations` … `executor_done`, `bytes_*`, `tasks_created`,
-/// `tasks_finished`) are totals *for the interval*; gauges (`ready_queue_last`,
+/// `tasks_finished`, `connections`) are totals *for the interval*; gauges (`ready_queue_last`,
 /// `timers_pending`, `fds_registered`, `tasks_live`, `transports_open`,
 /// `executor_queued`, `executor_running`) are the value at the interval's end.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -188,6 +188,10 @@ pub struct Sample<H = DurationHistogram> {
     pub bytes_in: u64,
     /// Bytes sent by all transports in the interval.
     pub bytes_out: u64,
+    /// `asyncio.connections`: connections opened in the interval (stream
+    /// transports made for accepted or connected sockets, plain or TLS).
+    #[serde(default)]
+    pub connections: u64,
     /// Executor jobs waiting for a worker.
     pub executor_queued: u64,
     /// Executor jobs running.
@@ -234,6 +238,7 @@ impl Sample<DurationHistogram> {
             transports_open: self.transports_open,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
+            connections: self.connections,
             executor_queued: self.executor_queued,
             executor_running: self.executor_running,
             executor_done: self.executor_done,
@@ -306,6 +311,17 @@ pub struct TaskRecord {
     pub longest_step_ns: u64,
     /// Delay between the last step becoming ready and starting to run.
     pub last_scheduled_delay_ns: u64,
+    /// The application's OpenTelemetry trace the task was created in (32 lowercase
+    /// hex digits): the trace of the span current at `create_task`, recorded while
+    /// OTLP traces are exported and the application uses `opentelemetry-api`.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// That span's id (16 lowercase hex digits).
+    #[serde(default)]
+    pub parent_span_id: Option<String>,
+    /// That span's W3C trace flags (bit 0: sampled); 0 without a span.
+    #[serde(default)]
+    pub trace_flags: u8,
 }
 
 /// What kind of transport (or server) a record describes.

@@ -112,6 +112,9 @@ const COUNTERS: &[(&str, &str, Counter)] = &[
     ("asyncio_task_steps_total", "Task steps run.", |e| {
         Value::Int(e.history.since_start_one("task_step_duration").map_or(0, |h| h.count))
     }),
+    ("asyncio_connections_total", "Connections opened: accepted by servers or made by create_connection (plain or TLS).", |e| {
+        Value::Int(e.history.totals().connections)
+    }),
     ("asyncio_executor_jobs_done_total", "Executor jobs completed.", |e| Value::Int(e.history.totals().executor_done)),
     ("asyncio_eventloop_stalls_total", "Callbacks the watchdog saw running past the stall threshold.", |e| {
         Value::Int(e.stalls_total())

@@ -259,6 +259,7 @@ impl Recorder {
             transports_open: 0,
             bytes_in: 0,
             bytes_out: 0,
+            connections: 0,
             executor_queued: 0,
             executor_running: 0,
             executor_done: 0,

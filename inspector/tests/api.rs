@@ -165,6 +165,7 @@ fn task(id: u64) -> TaskRecord {
         busy_ns: (id * 7_919) % 1_000,
         longest_step_ns: id,
         last_scheduled_delay_ns: 5,
+        ..Default::default()
     }
 }
 

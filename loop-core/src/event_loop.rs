@@ -58,6 +58,8 @@ pub(crate) struct State {
     pub(crate) closed_bytes_in: u64,
     /// Executor jobs: (queued, running, done in total).
     pub(crate) executor: (u64, u64, u64),
+    /// Connections opened (stream transports made: accepted or connected), in total.
+    pub(crate) connections: u64,
     pub(crate) closed_bytes_out: u64,
     pub(crate) timers: Timers,
     pub(crate) watchers: Watchers,
@@ -521,6 +523,7 @@ impl LoopCore {
                 link: None,
                 closed_bytes_in: 0,
                 executor: (0, 0, 0),
+                connections: 0,
                 closed_bytes_out: 0,
                 timers: Timers::default(),
                 watchers: Watchers::default(),
@@ -774,7 +777,7 @@ impl LoopCore {
             kw.set_item(pyo3::intern!(py, "context"), c)?;
         }
         let task = stdlib::task_type(py)?.call((coro,), Some(&kw))?;
-        this._task_created(py, &task)?;
+        this._task_created(py, &task, context)?;
         Ok(task)
     }
 
@@ -796,8 +799,16 @@ impl LoopCore {
         });
     }
 
-    /// Adds a task made by `create_task` to the task table.
-    fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Counts a connection (a stream transport made for an accepted or connected
+    /// socket, plain or TLS): `asyncio.connections`.
+    fn _connection_opened(&self, py: Python<'_>) {
+        self.state.with(py, |s| s.connections += 1);
+    }
+
+    /// Adds a task made by `create_task` to the task table; `context` is the one
+    /// `create_task` was given (the task runs in it), if any.
+    #[pyo3(signature = (task, context = None))]
+    fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>, context: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let weak = pyo3::types::PyWeakrefReference::new(task)?.into_any().unbind();
         let code = task
             .call_method0(pyo3::intern!(py, "get_coro"))
@@ -805,6 +816,11 @@ impl LoopCore {
             .and_then(|c| c.getattr(pyo3::intern!(py, "cr_code")).or_else(|_| c.getattr(pyo3::intern!(py, "gi_code"))).ok())
             .map(Bound::unbind);
         let created_unix_ms = unix_ms();
+        let app_span = if crate::otel::capturing() {
+            crate::otel::current_span(py, context.filter(|c| !c.is_none())).map(Box::new)
+        } else {
+            None
+        };
         let gone = self.state.with(py, |s| {
             let entry = TaskEntry {
                 id: s.tasks.next_id(),
@@ -820,6 +836,7 @@ impl LoopCore {
                 busy_ns: 0,
                 longest_step_ns: 0,
                 last_delay_ns: 0,
+                app_span,
             };
             s.tasks.insert(task.as_ptr() as usize, entry, py)
         });
@@ -849,6 +866,9 @@ impl LoopCore {
             d.set_item("busy_seconds", r.busy_ns as f64 / 1e9)?;
             d.set_item("longest_step_seconds", r.longest_step_ns as f64 / 1e9)?;
             d.set_item("last_scheduled_delay_seconds", r.last_scheduled_delay_ns as f64 / 1e9)?;
+            d.set_item("trace_id", r.trace_id)?;
+            d.set_item("parent_span_id", r.parent_span_id)?;
+            d.set_item("trace_flags", r.trace_flags)?;
             if let Some(t) = task {
                 d.set_item("task", t)?;
             }
@@ -953,6 +973,7 @@ impl LoopCore {
         d.set_item("timers_in_heap", timers)?;
         d.set_item("fds_registered", fds + self.state.with(py, |s| s.watchers.transport_count()))?;
         d.set_item("transports_open", self.state.with(py, |s| s.watchers.transport_count()))?;
+        d.set_item("connections", self.state.with(py, |s| s.connections))?;
         let cb = PyDict::new(py);
         cb.set_item("count", snap.callback_count)?;
         cb.set_item("p50", snap.callback_p50_ns as f64 / 1e9)?;

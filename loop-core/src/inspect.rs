@@ -43,6 +43,8 @@ pub fn start_otlp(config: inspector::otlp::OtlpConfig) -> Result<inspector::otlp
     let info = inspector::otlp::start(config)?;
     if info.enabled {
         ACTIVE.store(true, Ordering::Relaxed);
+        // Task spans join the application's trace: tasks record its current span.
+        crate::otel::set_capturing(info.traces.is_some());
     }
     Ok(info)
 }
@@ -51,6 +53,7 @@ pub fn start_otlp(config: inspector::otlp::OtlpConfig) -> Result<inspector::otlp
 /// they held may be held forever, so the child's loops stay out of the hub.
 pub fn after_fork_in_child() {
     ACTIVE.store(false, Ordering::Relaxed);
+    crate::otel::set_capturing(false);
 }
 
 pub struct Link {
@@ -63,6 +66,7 @@ pub struct Link {
     pub last_tasks_finished: u64,
     pub last_bytes: (u64, u64),
     pub last_executor_done: u64,
+    pub last_connections: u64,
 }
 
 fn task_state(s: TaskState) -> RecordState {
@@ -107,6 +111,7 @@ impl LoopCore {
             last_tasks_finished: 0,
             last_bytes: (0, 0),
             last_executor_done: 0,
+            last_connections: 0,
         })
     }
 
@@ -129,6 +134,8 @@ impl LoopCore {
                 sample.executor_running = s.executor.1;
                 sample.executor_done = s.executor.2 - link.last_executor_done;
                 link.last_executor_done = s.executor.2;
+                sample.connections = s.connections - link.last_connections;
+                link.last_connections = s.connections;
                 sample
             });
             sample.bytes_in = bytes.0.saturating_sub(link.last_bytes.0);
@@ -205,6 +212,9 @@ impl LoopCore {
                     busy_ns: e.busy_ns,
                     longest_step_ns: e.longest_step_ns,
                     last_scheduled_delay_ns: e.last_delay_ns,
+                    trace_id: e.app_span.as_ref().map(|a| a.trace_id_hex()),
+                    parent_span_id: e.app_span.as_ref().map(|a| a.span_id_hex()),
+                    trace_flags: e.app_span.as_ref().map_or(0, |a| a.flags),
                 },
             };
             let mut live: Vec<&crate::tasks::TaskEntry> = s.tasks.live().map(|(_, e)| e).collect();

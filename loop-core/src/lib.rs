@@ -5,6 +5,7 @@ mod event_loop;
 mod gil_cell;
 mod handles;
 mod inspect;
+mod otel;
 mod reactor;
 mod sites;
 mod slow;

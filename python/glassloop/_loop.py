@@ -251,6 +251,7 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
     # Connections made by asyncio's create_connection/create_server/connect_accepted_socket
     # (and their Unix variants) get a Rust transport; the rest keep asyncio's.
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        self._connection_opened()
         if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
         self._ensure_fd_no_transport(sock)
@@ -284,6 +285,7 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         # socket and SSL object with no Python handle per event, and into the
         # SSLProtocol's own buffer (a BufferedProtocol) without a copy.
         if rawsock.type != socket.SOCK_STREAM or rawsock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            self._connection_opened()  # asyncio's transport: not seen by _make_socket_transport
             return super()._make_ssl_transport(
                 rawsock, protocol, sslcontext, waiter, server_side=server_side,
                 server_hostname=server_hostname, extra=extra, server=server, **timeouts)
@@ -502,7 +504,7 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         # create_task() with a task factory, in debug mode, or with newer keywords:
         # asyncio's own code, then the task table.
         task = asyncio.SelectorEventLoop.create_task(self, coro, **kwargs)
-        self._task_created(task)
+        self._task_created(task, kwargs.get("context"))
         return task
 
     def tasks(self, *, include_finished: bool = True) -> list[dict[str, Any]]:

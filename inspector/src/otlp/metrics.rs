@@ -95,6 +95,12 @@ pub(crate) const METRICS: &[(&str, Kind, &str, &str)] = &[
         "Transports not closed, by type (from the newest tables).",
     ),
     ("asyncio.transport.bytes", Kind::Counter, "By", "Bytes received (in) and sent (out) by the loop's transports."),
+    (
+        "asyncio.connections",
+        Kind::Counter,
+        "{connection}",
+        "Connections opened: accepted by servers or made by create_connection (plain or TLS).",
+    ),
     ("asyncio.executor.jobs", Kind::UpDownCounter, "{job}", "Executor jobs waiting (queued) or running."),
     ("asyncio.executor.jobs_done", Kind::Counter, "{job}", "Executor jobs completed."),
     ("glassloop.samples", Kind::Counter, "{sample}", "Samples the inspector received from the loop."),
@@ -325,6 +331,7 @@ pub(crate) fn build(st: &HubState, resource: &ProtoResource, now_ns: u64) -> (Ex
             })
             .collect(),
     );
+    b.number("asyncio.connections", total(&|e| e.history.totals().connections));
     b.number("asyncio.executor.jobs_done", total(&|e| e.history.totals().executor_done));
     b.number("glassloop.samples", total(&|e| e.history.totals().samples));
     b.number("glassloop.samples.dropped", total(&|e| e.samples_dropped()));
@@ -416,6 +423,7 @@ mod tests {
             s.utilization = 0.4;
             s.tasks_live = 7;
             s.bytes_in = 100;
+            s.connections = 2;
             s.executor_running = 2;
             for v in [20_000u64, 30_000, 2_000_000, 20_000_000_000] {
                 s.histograms.callback_duration.saturating_record(v);
@@ -487,6 +495,9 @@ mod tests {
         let Some(Data::Sum(t)) = &find(&req, "asyncio.transport.active").data else { panic!() };
         let tcp = t.data_points.iter().find(|p| attr(&p.attributes, "type") == Some("tcp")).unwrap();
         assert_eq!(tcp.value, Some(number_data_point::Value::AsInt(1)));
+        let Some(Data::Sum(conns)) = &find(&req, "asyncio.connections").data else { panic!() };
+        assert!(conns.is_monotonic);
+        assert_eq!(conns.data_points[0].value, Some(number_data_point::Value::AsInt(6)));
         let Some(Data::Sum(steps)) = &find(&req, "asyncio.task.steps").data else { panic!() };
         assert_eq!(steps.data_points[0].value, Some(number_data_point::Value::AsInt(3)));
     }
