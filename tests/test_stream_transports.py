@@ -236,8 +236,10 @@ class Sender:
     """Mixin: sends ``data`` in random chunks, honouring pause/resume_writing,
     then write_eof(); randomly pauses its own reading (a slow reader)."""
 
-    def __init__(self, loop, data, seed, writelines=False):
+    def __init__(self, loop, data, seed, writelines=False, echo_paused=None):
         self.loop = loop
+        # Whether the echo side has paused its writing (ends the slow start).
+        self.echo_paused = echo_paused or (lambda: True)
         self.data = memoryview(data)
         self.rng = random.Random(seed)
         self.writelines = writelines
@@ -258,7 +260,7 @@ class Sender:
         self.transport = transport
         # A slow start: we do not read until every stage is full -- the echo
         # side paused (its writes back to us stall), stopped reading, and so
-        # our own writes stall: our first pause_writing() ends the slow start.
+        # our own writes stall: once both have paused, the slow start ends.
         self.slow_start = True
         self._pause_reading_for(10.0)
         self.loop.call_soon(self.pump)
@@ -292,7 +294,15 @@ class Sender:
         self.pauses += 1
         if self.slow_start:
             self.slow_start = False
+            self._end_slow_start()
+
+    def _end_slow_start(self):
+        # Our writes can stall first (one pump() fills the kernel before the echo
+        # side reads at all): keep not reading until the echo side stalls too.
+        if self.echo_paused():
             self.loop.call_later(0.02, self._resume_reading)
+        elif self.reading_paused:
+            self.loop.call_later(0.005, self._end_slow_start)
 
     def resume_writing(self):
         if not self.paused:
@@ -384,7 +394,8 @@ async def _echo_roundtrip(loop, kind, sender_cls, server_cls, size, writelines=F
     server, addr = await serve(loop, kind, server_factory)
     try:
         tr, client = await connect(
-            loop, kind, lambda: sender_cls(loop, data, seed=7, writelines=writelines), addr)
+            loop, kind, lambda: sender_cls(loop, data, seed=7, writelines=writelines,
+                                           echo_paused=lambda: any(s.pauses for s in servers)), addr)
         exc = await asyncio.wait_for(client.done, 30)
     finally:
         server.close()

@@ -9,8 +9,13 @@
 //! was current when the transport was made, as asyncio's selector loop does.
 //!
 //! Because readiness is edge-triggered, a read that fills the whole buffer (so
-//! more may be waiting) queues the transport again for the next iteration, and
-//! `resume_reading()` queues a read: no data is left behind without an event.
+//! more may be waiting) and `resume_reading()` ask the reactor to report the
+//! transport readable again with the next poll's events: no data is left behind
+//! without an event. A transport is read at most once per iteration, at the
+//! point where asyncio's level-triggered selector loop would read it.
+//!
+//! TLS (`ssl=` or `start_tls`) is asyncio's `SSLProtocol`, a BufferedProtocol,
+//! over this transport: ciphertext is received straight into its buffer.
 
 use super::write_buffer::WriteBuffer;
 use super::TransportStats;
@@ -334,8 +339,8 @@ impl StreamTransport {
 
     /// The loop calls this when the fd is ready; errors are only SystemExit/KeyboardInterrupt.
     /// `read_closed`: the event said the peer shut down its side (or the read was
-    /// queued by us, with no event to tell): a short read then does not mean drained,
-    /// because the FIN raised no edge of its own.
+    /// asked for by us, with no event to tell): a short read then does not mean
+    /// drained, because the FIN raised no edge of its own.
     pub fn on_events(slf: &Bound<'_, Self>, readable: bool, writable: bool, read_closed: bool) -> PyResult<()> {
         let this = slf.get();
         let py = slf.py();
