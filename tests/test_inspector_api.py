@@ -850,6 +850,81 @@ def test_connections_are_counted(tmp_path):
         s.finish()
 
 
+UDP_SCRIPT = HEARTBEAT + '''
+SIZES = [100, 2000, 65000, 7, 1]
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, t):
+        self.t = t
+    def datagram_received(self, data, addr):
+        self.t.sendto(data, addr)
+
+class Client(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.got = asyncio.Queue()
+    def datagram_received(self, data, addr):
+        self.got.put_nowait(data)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    start_heartbeat()
+    st, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    server = st.get_extra_info("sockname")
+    ct, cp = await loop.create_datagram_endpoint(Client, remote_addr=server)
+    for n in SIZES:
+        ct.sendto(b"u" * n)
+        assert len(await cp.got.get()) == n
+    await asyncio.sleep(0.6)
+    emit("MOVED", server=server, client=ct.get_extra_info("sockname"), stats=loop.stats())
+    await command()
+    ct.close()
+    st.close()
+    await asyncio.sleep(0.3)
+    emit("CLOSED", stats=loop.stats())
+    await command()
+
+asyncio.run(main())
+'''
+
+
+def test_udp_transport_reports_the_bytes_it_moved(tmp_path):
+    total, count = 100 + 2000 + 65000 + 7 + 1, 5
+    with Inspected(UDP_SCRIPT, tmp_path) as s:
+        moved = s.expect("MOVED")
+        lid = s.only_loop()
+        server_addr = "{}:{}".format(*moved["server"])
+        client_addr = "{}:{}".format(*moved["client"])
+        page = s.tables(lid, "transports", "kind=udp")
+        udp = page["items"]
+        assert page["total"] == len(udp) == 2, udp
+        by_local = {t["local"]: t for t in udp}
+        assert set(by_local) == {client_addr, server_addr}, udp
+        client, server = by_local[client_addr], by_local[server_addr]
+        assert client["peer"] == server_addr and server["peer"] == ""
+        assert client["protocol"] == "Client" and server["protocol"] == "Echo"
+        for t in (client, server):
+            assert t["kind"] == "udp" and t["state"] == "open"
+            assert (t["bytes_in"], t["bytes_out"]) == (total, total), t
+            assert (t["calls_in"], t["calls_out"]) == (count, count), t
+            assert t["write_buffer"] == 0 and t["write_buffer_high_water"] == 0
+            assert t["reading_paused"] is False and t["writing_paused"] is False
+        assert moved["stats"]["transports_open"] == 2
+        assert s.tables(lid, "transports", "kind=tcp")["total"] == 0
+        ss = wait_samples(s, lid, 3)["since_start"]
+        assert (ss["bytes_in"], ss["bytes_out"]) == (2 * total, 2 * total), ss
+
+        s.send()
+        closed = s.expect("CLOSED")
+        assert closed["stats"]["transports_open"] == 0
+        left = [t for t in s.tables(lid, "transports", "kind=udp")["items"] if t["state"] != "closed"]
+        assert left == [], left
+        # Closed endpoints' bytes stay in the loop's totals.
+        ss = wait_for(lambda: (x := since_start(s, lid))["bytes_in"] == 2 * total and x, what="totals after close")
+        assert ss["bytes_out"] == 2 * total
+        s.send()
+        s.finish()
+
+
 PAUSE_SCRIPT = HEARTBEAT + '''
 import socket
 

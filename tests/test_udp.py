@@ -593,13 +593,122 @@ def test_sendto_accepts_bytearray_and_memoryview(loop, run):
                                           array.array("i", [1, 2]).tobytes()]
 
 
-# ---------------------------------------------------------------------------
-# Protocol callbacks: errors, context, pausing
-# ---------------------------------------------------------------------------
-
 class Boom(Exception):
     pass
 
+
+def test_oversized_datagram_goes_to_error_received(loop, run):
+    async def main():
+        t, p = await loop.create_datagram_endpoint(lambda: Dgram(loop), local_addr=("127.0.0.1", 0))
+        addr = t.get_extra_info("sockname")
+        t.sendto(b"x" * 70000, addr)
+        t.sendto(b"fits", addr)
+        await p.wait_count(1)
+        closing = t.is_closing()
+        t.close()
+        await p.lost
+        return p, closing
+
+    p, closing = run(main())
+    assert not closing
+    assert [d for d, _ in p.received] == [b"fits"]
+    assert len(p.errors) == 1
+    exc = p.errors[0]
+    assert type(exc) is OSError and exc.errno == errno.EMSGSIZE
+    assert str(exc) == f"[Errno {errno.EMSGSIZE}] {os.strerror(errno.EMSGSIZE)}"
+
+
+def test_error_received_exception_reaches_the_sendto_caller(loop, run):
+    class Raising(Dgram):
+        def error_received(self, exc):
+            super().error_received(exc)
+            raise Boom()
+
+    async def main():
+        t, p = await loop.create_datagram_endpoint(lambda: Raising(loop), local_addr=("127.0.0.1", 0))
+        addr = t.get_extra_info("sockname")
+        with pytest.raises(Boom):
+            t.sendto(b"x" * 70000, addr)
+        t.sendto(b"still open", addr)
+        await p.wait_count(1)
+        t.close()
+        await p.lost
+        return p
+
+    p = run(main())
+    assert [d for d, _ in p.received] == [b"still open"]
+    assert [e.errno for e in p.errors] == [errno.EMSGSIZE]
+
+
+@pytest.mark.unexpected_errors_ok
+def test_unusable_address_is_a_fatal_write_error(loop, run):
+    # socket.sendto() raises OverflowError for the port: not an OSError, so fatal.
+    handler = RecordingHandler()
+
+    async def main():
+        loop.set_exception_handler(handler)
+        t, p = await loop.create_datagram_endpoint(lambda: Dgram(loop), local_addr=("127.0.0.1", 0))
+        t.sendto(b"x", ("127.0.0.1", 70000))
+        exc = await asyncio.wait_for(p.lost, 5)
+        return exc, p
+
+    exc, p = run(main())
+    assert isinstance(exc, OverflowError)
+    assert [c["message"] for c in handler.contexts] == ["Fatal write error on datagram transport"]
+    assert p.errors == []
+
+
+def test_close_in_datagram_received_stops_delivery(loop, run):
+    class Closing(Dgram):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            self.transport.close()
+
+    async def main():
+        t, p = await loop.create_datagram_endpoint(lambda: Closing(loop), local_addr=("127.0.0.1", 0))
+        addr = t.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(10):
+                s.sendto(b"%d" % i, addr)
+        await asyncio.wait_for(p.lost, 5)
+        await asyncio.sleep(0.02)
+        return p
+
+    p = run(main())
+    assert [d for d, _ in p.received] == [b"0"]
+    assert p.events == ["made", "lost"]
+
+
+def test_pause_reading_in_datagram_received_takes_effect_at_once(loop, run):
+    class Pausing(Dgram):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data == b"2":
+                self.transport.pause_reading()
+
+    async def main():
+        t, p = await loop.create_datagram_endpoint(lambda: Pausing(loop), local_addr=("127.0.0.1", 0))
+        addr = t.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(10):
+                s.sendto(b"%d" % i, addr)
+            await p.wait_count(3)
+            await asyncio.sleep(0.05)
+            during = len(p.received)
+            t.resume_reading()
+            await p.wait_count(10)
+        t.close()
+        await p.lost
+        return p, during
+
+    p, during = run(main())
+    assert during == 3
+    assert [d for d, _ in p.received] == [b"%d" % i for i in range(10)]
+
+
+# ---------------------------------------------------------------------------
+# Protocol callbacks: errors, context, pausing
+# ---------------------------------------------------------------------------
 
 @pytest.mark.unexpected_errors_ok
 def test_datagram_received_exception_goes_to_handler_endpoint_stays_open(loop, run):

@@ -107,7 +107,7 @@ impl SockAddr {
     /// The address as Python's socket module gives it: `(host, port)` for IPv4,
     /// `(host, port, flowinfo, scope_id)` for IPv6, a str path (bytes for an
     /// abstract name) for Unix, None for an unnamed Unix peer.
-    fn to_python<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    fn python_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         if self.len == 0 {
             return Ok(py.None().into_bound(py));
         }
@@ -417,7 +417,7 @@ impl DatagramTransport {
                 let mut buf = buf.borrow_mut();
                 recv_datagram(this.fd, &mut buf, &mut from).map(|n| PyBytes::new(py, &buf[..n]))
             });
-            let (callback, result) = match read {
+            let result = match read {
                 Ok(data) => {
                     last_was_datagram = true;
                     let addr = this.peer_object(py, &from)?;
@@ -425,18 +425,18 @@ impl DatagramTransport {
                         i.stats.bytes_in += data.as_bytes().len() as u64;
                         i.stats.calls_in += 1;
                     });
-                    ("_read_ready", protocol.bind(py).call_method1(pyo3::intern!(py, "datagram_received"), (data, addr)))
+                    protocol.bind(py).call_method1(pyo3::intern!(py, "datagram_received"), (data, addr))
                 }
                 Err(libc::EAGAIN) => return Ok(()),
                 Err(errno) => {
                     // An ICMP error for an earlier datagram (or another socket error): the
                     // protocol hears of it and the endpoint stays open, as in asyncio.
                     last_was_datagram = false;
-                    ("_read_ready", protocol.bind(py).call_method1(pyo3::intern!(py, "error_received"), (os_error(errno).into_value(py),)))
+                    protocol.bind(py).call_method1(pyo3::intern!(py, "error_received"), (os_error(errno).into_value(py),))
                 }
             };
             if let Err(err) = result {
-                Self::report_callback_error(slf, err, callback)?;
+                Self::report_callback_error(slf, err, "_read_ready")?;
             }
         }
         // Edge-triggered: datagrams left unread raise no new event, so come back next iteration.
@@ -453,7 +453,7 @@ impl DatagramTransport {
         if let Some(obj) = self.inner.with(py, |i| i.peers.object_for(py, from)) {
             return Ok(obj);
         }
-        let obj = from.to_python(py)?.unbind();
+        let obj = from.python_object(py)?.unbind();
         let replaced = self.inner.with(py, |i| i.peers.insert(*from, obj.clone_ref(py)));
         drop(replaced);
         Ok(obj)
