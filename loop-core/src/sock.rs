@@ -131,23 +131,31 @@ fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
-/// Reads of at most this much go through a per-thread buffer and are copied out.
+/// Reads of at most this much may go through a per-thread buffer and be copied out.
 const SCRATCH_LEN: usize = 64 * 1024;
+/// A read returning more than this is "large": copying it would cost more than
+/// the allocation it saves.
+const SMALL_READ: usize = 8 * 1024;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SCRATCH_LEN]);
+    /// Whether the last read on this thread was large: the next one is likely too.
+    static LAST_READ_LARGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A bytes object holding what one `recv(2)` of at most `n` bytes returned, or None on EAGAIN.
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
-    if n <= SCRATCH_LEN {
-        // Into a reused buffer, then an exact-size copy: nothing is allocated for
-        // an EAGAIN (the common first try), nor shrunk after a short read. (Busy
-        // only if a signal handler run on EINTR reads a socket too.)
+    if n <= SMALL_READ || (n <= SCRATCH_LEN && !LAST_READ_LARGE.get()) {
+        // Small reads go into a reused buffer, then an exact-size copy: nothing is
+        // allocated for an EAGAIN (the common first try), nor shrunk after a short
+        // read. (Busy only if a signal handler run on EINTR reads a socket too.)
         let read = SCRATCH.with(|buf| {
             let mut buf = buf.try_borrow_mut().ok()?;
             // SAFETY: `buf` has SCRATCH_LEN >= n writable bytes.
             let got = syscall(py, || unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), n, 0) });
+            if let Ok(Some(got)) = got {
+                LAST_READ_LARGE.set(got > SMALL_READ);
+            }
             Some(got.map(|got| got.map(|got| pyo3::types::PyBytes::new(py, &buf[..got]).into_any().unbind())))
         });
         if let Some(read) = read {
@@ -164,6 +172,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
     let got = syscall(py, || unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), n, 0) });
     match got {
         Ok(Some(got)) => {
+            LAST_READ_LARGE.set(got > SMALL_READ);
             // SAFETY: we hold the only reference, as _PyBytes_Resize requires; on
             // failure it has released the object and set the error.
             if got != n && unsafe { ffi::_PyBytes_Resize(&mut obj, got as ffi::Py_ssize_t) } != 0 {
