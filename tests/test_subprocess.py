@@ -395,6 +395,54 @@ def test_signal_after_exit(loop, run):
     assert got == run_on_asyncio(scenario)
 
 
+def test_signal_between_exit_and_connection_lost(loop, run):
+    """In process_exited() the child is reaped but the transport not finished:
+    kill(), terminate() and send_signal() do nothing (the Popen knows its
+    returncode); after connection_lost() they raise ProcessLookupError."""
+    async def scenario(lp):
+        out = []
+
+        class Proto(asyncio.SubprocessProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                self.done = lp.create_future()
+
+            def process_exited(self):
+                for how in ("send_signal", "terminate", "kill"):
+                    try:
+                        if how == "send_signal":
+                            self.transport.send_signal(signal.SIGTERM)
+                        else:
+                            getattr(self.transport, how)()
+                        out.append(("exited", how, None))
+                    except Exception as e:
+                        out.append(("exited", how, type(e).__name__))
+
+            def connection_lost(self, exc):
+                self.done.set_result(None)
+
+        tr, proto = await lp.subprocess_exec(Proto, "sh", "-c", "exit 3", stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL)
+        await asyncio.wait_for(proto.done, 10)
+        for how in ("send_signal", "terminate", "kill"):
+            try:
+                if how == "send_signal":
+                    tr.send_signal(signal.SIGTERM)
+                else:
+                    getattr(tr, how)()
+                out.append(("lost", how, None))
+            except Exception as e:
+                out.append(("lost", how, type(e).__name__))
+        out.append(tr.get_returncode())
+        tr.close()
+        return out
+
+    got = run(scenario(loop))
+    assert got == [("exited", "send_signal", None), ("exited", "terminate", None), ("exited", "kill", None),
+                   ("lost", "send_signal", "ProcessLookupError"), ("lost", "terminate", "ProcessLookupError"),
+                   ("lost", "kill", "ProcessLookupError"), 3]
+    assert got == run_on_asyncio(scenario)
+
+
 # ---------------------------------------------------------------------------
 # loop.subprocess_exec / _shell and the transport API
 # ---------------------------------------------------------------------------
