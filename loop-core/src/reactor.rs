@@ -53,7 +53,9 @@ struct Watcher {
     /// no call waits (edge-triggered, so an idle fd costs one ignored event per
     /// edge at most). A later call on the same live socket object finds it still
     /// valid; a call on another socket (the fd was closed and reused, or the object
-    /// died) registers afresh. A handle on the fd ends the arrangement.
+    /// died) registers afresh. A handle on the fd ends the arrangement. (A weak
+    /// reference without a callback: dropping it, even under the state borrow,
+    /// runs no Python code.)
     idle_owner: Option<Py<PyWeakrefReference>>,
 }
 
