@@ -6,6 +6,7 @@ mod gil_cell;
 mod handles;
 mod inspect;
 mod reactor;
+mod servers;
 mod sites;
 mod slow;
 mod tasks;

@@ -281,6 +281,12 @@ impl StreamTransport {
         }))
     }
 
+    /// The protocol's class and whether it is buffered: what the inspector names
+    /// this transport's I/O after (its `data_received`/`buffer_updated`).
+    pub fn protocol_class<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, pyo3::types::PyType>, bool)> {
+        self.inner.with(py, |i| i.protocol.as_ref().map(|p| (p.obj.bind(py).get_type(), p.buffered)))
+    }
+
     pub fn stats(&self, py: Python<'_>) -> StreamStats {
         self.inner.with(py, |i| {
             let mut s = i.stats;
