@@ -53,10 +53,8 @@ pub(crate) struct State {
     pub(crate) servers: Servers,
     pub(crate) sites: Sites,
     pub(crate) slow: SlowLog,
-    /// `asyncio.eventloop.delay`: time from ready to run, every callback (ns).
-    pub(crate) lag: hdrhistogram::Histogram<u64>,
     /// Present once the inspector runs in this process (see inspect.rs).
-    pub(crate) link: Option<crate::inspect::Link>,
+    pub(crate) link: Option<Box<crate::inspect::Link>>,
     pub(crate) closed_bytes_in: u64,
     /// Executor jobs: (queued, running, done in total).
     pub(crate) executor: (u64, u64, u64),
@@ -78,15 +76,10 @@ impl State {
     /// One callback (or transport event) ran: `took` ns, `lag` ns after it became
     /// ready, ending at `end_ns`. Shared by handles and Rust transport I/O.
     #[inline]
-    fn record_run(&mut self, end_ns: u64, took: u64, lag: u64, inspected: bool) {
+    fn record_run(&mut self, end_ns: u64, took: u64, lag: u64) {
         self.now_ns = end_ns;
         self.recorder.callback(took);
-        if self.recorder.enabled {
-            self.lag.saturating_record(lag.max(1));
-        }
-        if inspected {
-            self.recorder.delay(lag);
-        }
+        self.recorder.delay(lag);
     }
 }
 
@@ -112,6 +105,8 @@ pub struct LoopCore {
     /// `{id: (weakref, kind, created_unix_ms)}`, filled by `glassloop._tracked`,
     /// pruned when the transport table is built.
     pub(crate) tracked: Py<PyDict>,
+    /// The heartbeat the stall watchdog reads, once the loop joined the inspector.
+    heartbeat: std::sync::OnceLock<std::sync::Arc<inspector::Heartbeat>>,
 }
 
 fn unix_ms() -> u64 {
@@ -211,15 +206,25 @@ impl LoopCore {
     fn run_once(&self, py: Python<'_>, loop_obj: &Bound<'_, PyAny>) -> PyResult<()> {
         // 0. The inspector: join it once it runs; answer its questions.
         let heartbeat = if crate::inspect::active() {
-            let mut link = self.state.with(py, |s| s.link.take());
-            if link.is_none() {
-                link = Some(self.join_hub(py, loop_obj)?);
+            let (joined, asked) = self.state.with(py, |s| match &s.link {
+                Some(l) => (true, l.handle.has_queries()),
+                None => (false, false),
+            });
+            if !joined {
+                let link = self.join_hub(py, loop_obj)?;
+                let _ = self.heartbeat.set(link.heartbeat.clone());
+                self.state.with(py, |s| s.link = Some(Box::new(link)));
             }
-            let answered = self.answer_queries(py, link.as_ref().expect("just set"));
-            let heartbeat = link.as_ref().map(|l| l.heartbeat.clone());
-            self.state.with(py, |s| s.link = link);
-            answered?;
-            heartbeat
+            if asked {
+                let link = self.state.with(py, |s| s.link.take());
+                let answered = match &link {
+                    Some(l) => self.answer_queries(py, l),
+                    None => Ok(()),
+                };
+                self.state.with(py, |s| s.link = link);
+                answered?;
+            }
+            self.heartbeat.get().map(|hb| &**hb)
         } else {
             None
         };
@@ -326,7 +331,7 @@ impl LoopCore {
                     let took = t1 - t0;
                     let lag = t0.saturating_sub(queued_ns);
                     t0 = t1;
-                    self.state.with(py, |s| s.record_run(t1, took, lag, inspected));
+                    self.state.with(py, |s| s.record_run(t1, took, lag));
                     result?;
                     continue;
                 }
@@ -377,7 +382,7 @@ impl LoopCore {
             let lag = t0.saturating_sub(queued_ns);
             t0 = t1;
             self.state.with(py, |s| {
-                s.record_run(t1, took, lag, inspected);
+                s.record_run(t1, took, lag);
                 s.current_task = None;
                 if inspected && task.is_some() {
                     s.recorder.task_step(took);
@@ -412,23 +417,23 @@ impl LoopCore {
         }
         let end = clock::now_ns();
         let busy = end - busy_start;
-        let mut link = self.state.with(py, |s| {
+        // The link leaves the state only when something is due (it is boxed: a move is a pointer).
+        let (iterations, mut link) = self.state.with(py, |s| {
             s.recorder.busy_ns += busy;
-            s.link.take()
+            let due = s.link.as_ref().is_some_and(|l| l.is_due(end));
+            (s.recorder.iterations, if due { s.link.take() } else { None })
         });
-        if let Some(hb) = &heartbeat {
+        if let Some(hb) = heartbeat {
             hb.idle();
+            hb.iteration(iterations);
         }
         // 5. Samples and tables for the inspector, when due.
-        let published = match &mut link {
-            Some(l) => {
-                l.heartbeat.iteration(self.state.with(py, |s| s.recorder.iterations));
-                self.publish(py, l, end)
-            }
-            None => Ok(()),
-        };
-        self.state.with(py, |s| s.link = link);
-        published
+        if let Some(l) = &mut link {
+            let published = self.publish(py, l, end);
+            self.state.with(py, |s| s.link = link);
+            published?;
+        }
+        Ok(())
     }
 
     /// A task step just ran: if the task finished, move it to the finished list.
@@ -539,7 +544,6 @@ impl LoopCore {
                 servers: Servers::default(),
                 sites: Sites::default(),
                 slow: SlowLog::default(),
-                lag: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static bounds"),
                 link: None,
                 closed_bytes_in: 0,
                 executor: (0, 0, 0),
@@ -559,6 +563,7 @@ impl LoopCore {
             thread_id: std::sync::Arc::new(AtomicU64::new(0)),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             tracked: Python::attach(|py| PyDict::new(py).unbind()),
+            heartbeat: std::sync::OnceLock::new(),
         })
     }
 
@@ -1012,10 +1017,9 @@ impl LoopCore {
         let (snap, ready, timers, timers_cancelled, fds) = self.state.with(py, |s| {
             (s.recorder.snapshot(), s.ready.len(), s.timers.len(), s.timers.cancelled_len(), s.watchers.len())
         });
-        let (lag, tasks_live, tasks_created, tasks_finished, sites) = self.state.with(py, |s| {
-            let l = &s.lag;
+        let lag = (snap.delay_count, snap.delay_p50_ns, snap.delay_p99_ns, snap.delay_max_ns);
+        let (tasks_live, tasks_created, tasks_finished, sites) = self.state.with(py, |s| {
             (
-                (l.len(), l.value_at_quantile(0.5), l.value_at_quantile(0.99), l.max()),
                 s.tasks.live_len(),
                 s.tasks.created_total,
                 s.tasks.finished_total,

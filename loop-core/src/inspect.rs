@@ -75,6 +75,12 @@ pub struct Link {
 const MAX_NAMED_IO: usize = 1024;
 
 impl Link {
+    /// Whether `publish` has something to do at `now_ns`.
+    #[inline]
+    pub(crate) fn is_due(&self, now_ns: u64) -> bool {
+        now_ns >= self.next_sample_ns || now_ns >= self.next_tables_ns || !self.pending_names.is_empty()
+    }
+
     /// Tells the hub a site's label (see `LoopHandle::name_site`).
     pub(crate) fn name_site(&mut self, id: u64, label: String) {
         if let Err(label) = self.handle.name_site(id, label) {
