@@ -322,7 +322,8 @@ impl LoopCore {
             let (handle, queued_ns) = match entry {
                 Ready::Call { handle, queued_ns } => (handle, queued_ns),
                 Ready::Io { transport, readable, writable, read_closed, queued_ns } => {
-                    // Socket I/O straight into the protocol: no Handle, no site lookup.
+                    // Socket I/O straight into the protocol: no Handle, no profile site (an
+                    // inspected loop's heartbeat names the protocol, for stalls).
                     if let Some(hb) = &heartbeat {
                         hb.begin(t0, self.io_site(py, transport.bind(py)));
                     }
