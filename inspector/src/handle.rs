@@ -424,6 +424,25 @@ mod tests {
     }
 
     #[test]
+    fn site_names_are_kept_bounded_and_renamable() {
+        let (samples, _rx) = std::sync::mpsc::sync_channel(1);
+        let (doorbell, _bell) = tokio::sync::mpsc::channel(1);
+        let h = LoopHandle { shared: Arc::new(LoopShared::new(LoopInfo::default())), samples, doorbell };
+        for id in 1..=(MAX_SITE_NAMES as u64 + 10) {
+            h.name_site(id, format!("s{id}")).unwrap();
+        }
+        assert_eq!(h.shared.site_name(1).as_deref(), Some("s1"));
+        assert_eq!(h.shared.site_name(MAX_SITE_NAMES as u64).as_deref(), Some(&*format!("s{MAX_SITE_NAMES}")));
+        assert_eq!(h.shared.site_name(MAX_SITE_NAMES as u64 + 1), None, "past the bound: ignored");
+        h.name_site(1, "renamed".into()).unwrap();
+        assert_eq!(h.shared.site_name(1).as_deref(), Some("renamed"));
+        // While the watchdog holds the names, the label is handed back, not waited for.
+        let held = h.shared.site_names.lock().unwrap();
+        assert_eq!(h.name_site(2, "later".into()), Err("later".to_string()));
+        drop(held);
+    }
+
+    #[test]
     fn heartbeat_reads_what_was_stored() {
         let hb = Heartbeat::default();
         hb.iteration(5);
