@@ -111,6 +111,9 @@ def test_stall_is_reported_while_the_callback_runs(tmp_path):
         assert not any(l.startswith("UNBLOCKED") for l in s.stdout_log), s.stdout_log
         assert stall["ongoing"] is True and stall["loop_id"] == lid
         assert stall["duration_ns"] >= 100_000_000
+        # The callback runs for the first time: its site was named before it ran.
+        site = f"block_forever_ish ({s.path}:{line_of(s.path, 'def block_forever_ish')})"
+        assert stall["site"] == site, stall
         frames = stall["stack"].splitlines()
         assert f"block_forever_ish ({s.path}:{sleeping_line})" in frames[-1], stall["stack"]
         assert any("main" in f for f in frames) or any("run_forever" in f for f in frames), frames
@@ -124,6 +127,7 @@ def test_stall_is_reported_while_the_callback_runs(tmp_path):
         assert done["total"] == 1
         (closed,) = done["stalls"]
         assert closed["id"] == stall["id"] and closed["ongoing"] is False
+        assert closed["site"] == site
         assert 1_400_000_000 <= closed["duration_ns"] <= 5_000_000_000, closed
         assert s.json("/api/v1")["stalls_ongoing"] == 0
         assert s.json(f"/api/v1/loops/{lid}")["loop"]["stalls_total"] == 1
@@ -133,6 +137,7 @@ def test_stall_is_reported_while_the_callback_runs(tmp_path):
                   if ev == "stall"]
         stream.close()
         assert stalls and stalls[0]["ongoing"] is True and stalls[-1]["ongoing"] is False, stalls
+        assert {d["site"] for d in stalls} == {site}, "named in every event, the first included"
         assert {d["id"] for d in stalls} == {stall["id"]}
         s.send()
         s.finish()
@@ -178,6 +183,55 @@ def test_stall_threshold_is_configurable_and_a_known_site_is_named(tmp_path):
         assert 70_000_000 <= stall["duration_ns"] <= 3_000_000_000, stall
         assert stall["stack_status"] == "captured"
         assert f"block ({s.path}:{line + 1})" in stall["stack"].splitlines()[-1]
+        s.send()
+        s.finish()
+
+
+FIRST_SITES_SCRIPT = '''
+import glassloop
+glassloop.start_inspector("127.0.0.1:0")
+
+async def fresh_coroutine():
+    time.sleep(0.5)  # A TASK STEP
+
+class SlowProtocol(asyncio.Protocol):
+    def data_received(self, data):
+        time.sleep(0.5)  # IN DATA_RECEIVED
+
+async def main():
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.3)
+    # Each stall below is the first run of its site, within a second of the last tables.
+    await loop.create_task(fresh_coroutine())
+    server = await loop.create_server(SlowProtocol, "127.0.0.1", 0)
+    r, w = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    w.write(b"x")
+    await asyncio.sleep(0.8)
+    emit("DONE")
+    await command()
+    w.close()
+    server.close()
+
+glassloop.run(main())
+'''
+
+
+def test_a_stall_in_a_new_task_or_in_data_received_names_its_site(tmp_path):
+    with Inspected(FIRST_SITES_SCRIPT, tmp_path, launcher="plain") as s:
+        s.expect("DONE", timeout=30)
+        stalls = s.json("/api/v1/stalls")["stalls"]
+
+        def stall_at(marker):
+            line = line_of(s.path, marker)
+            found = [x for x in stalls if x["stack"] and f":{line})" in x["stack"].splitlines()[-1]]
+            assert len(found) == 1, (marker, stalls)
+            return found[0]
+
+        task = stall_at("# A TASK STEP")
+        assert task["site"] == f"fresh_coroutine ({s.path}:{line_of(s.path, 'async def fresh_coroutine')})", task
+        io = stall_at("# IN DATA_RECEIVED")
+        want = f"SlowProtocol.data_received ({s.path}:{line_of(s.path, 'def data_received')})"
+        assert io["site"] == want, io
         s.send()
         s.finish()
 

@@ -326,7 +326,7 @@ pub struct TaskRecord {
 
 /// What kind of transport (or server) a record describes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum TransportKind {
     /// TCP stream.
     #[default]
@@ -335,8 +335,10 @@ pub enum TransportKind {
     Unix,
     /// UDP datagram endpoint.
     Udp,
-    /// Pipe (`connect_read_pipe`/`connect_write_pipe`).
-    Pipe,
+    /// The read end of a pipe (`connect_read_pipe`, a subprocess's stdout/stderr).
+    PipeRead,
+    /// The write end of a pipe (`connect_write_pipe`, a subprocess's stdin).
+    PipeWrite,
     /// Subprocess transport.
     Subprocess,
     /// TLS (`ssl=` or `start_tls`) over a TCP or Unix stream.
@@ -345,11 +347,12 @@ pub enum TransportKind {
 
 impl TransportKind {
     /// Every kind, in JSON order.
-    pub const ALL: [TransportKind; 6] = [
+    pub const ALL: [TransportKind; 7] = [
         TransportKind::Tcp,
         TransportKind::Unix,
         TransportKind::Udp,
-        TransportKind::Pipe,
+        TransportKind::PipeRead,
+        TransportKind::PipeWrite,
         TransportKind::Subprocess,
         TransportKind::Tls,
     ];
@@ -360,23 +363,30 @@ impl TransportKind {
             TransportKind::Tcp => "tcp",
             TransportKind::Unix => "unix",
             TransportKind::Udp => "udp",
-            TransportKind::Pipe => "pipe",
+            TransportKind::PipeRead => "pipe_read",
+            TransportKind::PipeWrite => "pipe_write",
             TransportKind::Subprocess => "subprocess",
             TransportKind::Tls => "tls",
         }
     }
+
+    /// Parses the JSON word.
+    pub fn parse(s: &str) -> Option<Self> {
+        TransportKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
-/// One transport, with the counters the Rust transport keeps.
+/// One transport: a Rust stream transport, or one of asyncio's Python transports
+/// the loop made (pipes, subprocesses), with the same counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TransportRecord {
     /// The loop's id for the transport.
     pub id: u64,
     /// Kind.
     pub kind: TransportKind,
-    /// Local address (`host:port`, a path, or empty).
+    /// Local address (`host:port`, a path, `fd N` for a pipe, or empty).
     pub local: String,
-    /// Peer address (or empty).
+    /// Peer address (`pid N` for a subprocess and its pipes, or empty).
     pub peer: String,
     /// The protocol's class `__qualname__` (for `tls`, the application's protocol).
     pub protocol: String,
@@ -406,23 +416,38 @@ pub struct TransportRecord {
     pub state: String,
 }
 
-/// One listening server (`loop.create_server`, `create_unix_server`).
+/// One listening server (`loop.create_server`, `create_unix_server`, and so
+/// `asyncio.start_server`, `start_unix_server`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerRecord {
     /// The loop's id for the server.
     pub id: u64,
-    /// `tcp`, `unix` or `tls`.
+    /// `tcp` or `unix` (by the listening sockets' family; see `tls`).
     pub kind: TransportKind,
     /// Listening addresses.
     pub addresses: Vec<String>,
-    /// Connections accepted since creation.
+    /// Connections accepted since creation (handed to a transport).
     pub accepted: u64,
     /// Connections open now.
     pub open: u64,
-    /// Connections refused (accept errors, backlog full).
+    /// Connections refused: `accept()` failures (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+    /// ECONNABORTED, ...) that asyncio reports or drops.
     pub refused: u64,
     /// `server.is_serving()`.
     pub serving: bool,
+    /// `serving`, `idle` (made with `start_serving=False`, not started yet) or
+    /// `closed` (`server.close()` was called).
+    #[serde(default)]
+    pub state: String,
+    /// The protocol factory's `__qualname__` (a class, a function, a lambda).
+    #[serde(default)]
+    pub protocol_factory: String,
+    /// Made with `ssl=`: connections are TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// When the server was created.
+    #[serde(default)]
+    pub created_unix_ms: u64,
 }
 
 /// Totals for one callback site (a code object): the always-on callback profile.
@@ -581,10 +606,49 @@ mod tests {
         assert_eq!(serde_json::to_value(&t).unwrap()["state"], "cancelled");
         let tr = TransportRecord { kind: TransportKind::Subprocess, ..Default::default() };
         assert_eq!(serde_json::to_value(&tr).unwrap()["kind"], "subprocess");
+        for kind in TransportKind::ALL {
+            let tr = TransportRecord { kind, ..Default::default() };
+            assert_eq!(serde_json::to_value(&tr).unwrap()["kind"], kind.as_str(), "serde and as_str agree");
+            assert_eq!(TransportKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(TransportKind::PipeRead.as_str(), "pipe_read");
+        assert_eq!(TransportKind::parse("pipe"), None);
         let st = StallEvent { stack_status: StackStatus::Captured, ..Default::default() };
         assert_eq!(serde_json::to_value(&st).unwrap()["stack_status"], "captured");
         assert_eq!(TaskState::parse("failed"), Some(TaskState::Failed));
         assert_eq!(TaskState::parse("nope"), None);
+    }
+
+    #[test]
+    fn server_records_serialize_every_field() {
+        let r = ServerRecord {
+            id: 3,
+            kind: TransportKind::Unix,
+            addresses: vec!["/tmp/s.sock".into()],
+            accepted: 5,
+            open: 2,
+            refused: 1,
+            serving: true,
+            state: "serving".into(),
+            protocol_factory: "Echo".into(),
+            tls: false,
+            created_unix_ms: 1_700_000_000_000,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["kind"], "unix");
+        assert_eq!(v["addresses"], serde_json::json!(["/tmp/s.sock"]));
+        for (k, want) in [("accepted", 5u64), ("open", 2), ("refused", 1), ("created_unix_ms", 1_700_000_000_000)] {
+            assert_eq!(v[k], want, "{k}");
+        }
+        assert_eq!(v["state"], "serving");
+        assert_eq!(v["protocol_factory"], "Echo");
+        assert_eq!(v["tls"], false);
+        // Records from an older sender (without the newer fields) still read.
+        let old: ServerRecord = serde_json::from_str(
+            r#"{"id":1,"kind":"tcp","addresses":[],"accepted":0,"open":0,"refused":0,"serving":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.state, "");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod handles;
 mod inspect;
 mod otel;
 mod reactor;
+mod servers;
 mod sites;
 mod slow;
 mod sock;

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import functools
 import inspect
 import io
 import os
@@ -22,10 +23,11 @@ import sys
 import threading
 import time
 import warnings
-from asyncio import base_events, events, futures, sslproto
+from asyncio import base_events, constants, events, futures, sslproto, trsock
+from asyncio.log import logger
 from typing import Any
 
-from . import _children, _core, _stacks
+from . import _children, _core, _stacks, _tracked
 
 __all__ = ["Loop"]
 
@@ -202,6 +204,35 @@ _DATAGRAM_CORE_METHODS = (
 
 _DATAGRAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
+def _address_text(name: Any) -> str:
+    """A listening socket's name as the server table shows it."""
+    if isinstance(name, tuple):
+        host, port = name[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(name, bytes):  # Linux's abstract namespace
+        return repr(name)
+    return str(name)
+
+
+def _factory_name(factory: Any) -> str:
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return getattr(factory, "__qualname__", None) or type(factory).__qualname__
+
+
+# accept() failures that mean "out of a resource": asyncio reports them and
+# stops accepting for a while (constants.ACCEPT_RETRY_DELAY).
+_ACCEPT_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _unqueue_if_cancelled(record):
+    def done(submitted):
+        # A concurrent future can only be cancelled before its job starts: the job
+        # will never run, so it leaves the queue here (in whatever thread cancelled it).
+        if submitted.cancelled():
+            record(3)
+    return done
+
 
 def _run_foreign_handle(handle: asyncio.Handle) -> None:
     # asyncio's own Handle objects (signal handlers) reach us through _add_callback.
@@ -249,11 +280,16 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
             self._subprocess_children.close()
 
     # Connections made by asyncio's create_connection/create_server/connect_accepted_socket
-    # (and their Unix variants) get a Rust transport; the rest keep asyncio's.
+    # (and their Unix variants) get a Rust transport; the rest keep asyncio's
+    # (counting, and in the transport table: see _tracked).
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         self._connection_opened()
+        if server is not None:
+            self._server_accepted(server)
         if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+            transport = _tracked.SocketTransport(self, sock, protocol, waiter, extra, server)
+            _tracked.track(self, transport, _tracked.socket_kind(sock))
+            return transport
         self._ensure_fd_no_transport(sock)
         transport = StreamTransport(self, sock, protocol, extra, server)
         self._transports[sock.fileno()] = transport
@@ -300,6 +336,12 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
     _subprocess_children: _children.Children | None = None
 
     async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs):
+        transport = await self._watched_subprocess_transport(
+            protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs)
+        _tracked.track(self, transport, "subprocess")
+        return transport
+
+    async def _watched_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs):
         if _children.chosen_child_watcher() is not None:
             # The program installed a watcher of its own choosing: use it, as asyncio would.
             return await super()._make_subprocess_transport(
@@ -320,6 +362,82 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
             await transport._wait()
             raise
         return transport
+
+    # Pipes and subprocesses run asyncio's transports, made through counting
+    # subclasses and entered in the transport table.
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        transport = _tracked.ReadPipeTransport(self, pipe, protocol, waiter, extra)
+        _tracked.track(self, transport, "pipe_read")
+        return transport
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        transport = _tracked.WritePipeTransport(self, pipe, protocol, waiter, extra)
+        _tracked.track(self, transport, "pipe_write")
+        return transport
+
+    # Servers: asyncio's, entered in the server table when made.
+    @functools.wraps(asyncio.SelectorEventLoop.create_server)
+    async def create_server(self, *args, **kwargs):
+        server = await super().create_server(*args, **kwargs)
+        self._track_server(server)
+        return server
+
+    @functools.wraps(asyncio.SelectorEventLoop.create_unix_server)
+    async def create_unix_server(self, *args, **kwargs):
+        server = await super().create_unix_server(*args, **kwargs)
+        self._track_server(server)
+        return server
+
+    def _track_server(self, server) -> None:
+        sockets = server._sockets or ()
+        unix = bool(sockets) and sockets[0].family == getattr(socket, "AF_UNIX", None)
+        self._server_created(
+            server,
+            "unix" if unix else "tcp",
+            server._ssl_context is not None,
+            [_address_text(s.getsockname()) for s in sockets],
+            _factory_name(server._protocol_factory),
+        )
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *timeouts):
+        # asyncio's accept loop, with its failures counted as the server's refused
+        # connections. Unlike asyncio, which calls accept() again after running out
+        # of descriptors (reporting the same failure up to `backlog` times), one
+        # failure ends this round; accepting resumes after the same retry delay.
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                if self._debug:
+                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError):
+                return  # nothing more is waiting
+            except ConnectionAbortedError:
+                # The client gave up before we accepted; asyncio drops it silently.
+                if server is not None:
+                    self._server_refused(server)
+                return
+            except OSError as exc:
+                if server is not None:
+                    self._server_refused(server)
+                if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
+                    raise  # the loop reports it to the exception handler
+                self.call_exception_handler({
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                })
+                # The listening socket stays readable: stop watching it for a while.
+                self._remove_reader(sock.fileno())
+                self.call_later(
+                    constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                    protocol_factory, sock, sslcontext, server, backlog, *timeouts,
+                )
+                return
+            else:
+                self.create_task(self._accept_connection2(
+                    protocol_factory, conn, {"peername": addr}, sslcontext, server, *timeouts,
+                ))
 
     async def _sendfile_native(self, transp, file, offset, count):
         """`loop.sendfile()` on a Rust transport: sendfile(2) straight from the file
@@ -483,9 +601,17 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         (queued, running, done, and the job-duration histogram)."""
         if executor is not None and not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
             return super().run_in_executor(executor, func, *args)  # e.g. a process pool: can't wrap
+        # asyncio's steps (the same in 3.11-3.13), keeping the concurrent future to
+        # see a job cancelled before it ran.
         self._check_closed()
         if self._debug:
             self._check_callback(func, "run_in_executor")
+        if executor is None:
+            executor = self._default_executor
+            self._check_default_executor()
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
         record = self._executor_event
 
         def job():
@@ -496,9 +622,15 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
             finally:
                 record(2, time.monotonic_ns() - start)
 
-        future = super().run_in_executor(executor, job)
+        # Counted as queued before it is submitted: a worker may start it at once.
         record(0)
-        return future
+        try:
+            submitted = executor.submit(job)
+        except BaseException:
+            record(3)
+            raise
+        submitted.add_done_callback(_unqueue_if_cancelled(record))
+        return futures.wrap_future(submitted, loop=self)
 
     def _create_task_slow(self, coro, **kwargs):
         # create_task() with a task factory, in debug mode, or with newer keywords:
@@ -522,6 +654,17 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         if order not in ("total", "count", "max"):
             raise ValueError(f"order must be 'total', 'count' or 'max', not {order!r}")
         return self._callback_sites(order, limit)
+
+    def transports(self) -> list[dict[str, Any]]:
+        """The transport table: the loop's open transports (Rust TCP and Unix
+        streams, then asyncio's pipes, subprocesses and other sockets) with their
+        counters. Times are seconds, timestamps unix milliseconds."""
+        return self._transports_table()
+
+    def servers(self) -> list[dict[str, Any]]:
+        """The server table: every server made by `create_server`/`create_unix_server`
+        still alive, oldest first, with connections accepted, open and refused."""
+        return self._servers()
 
     def slow_callbacks(self) -> list[dict[str, Any]]:
         """Callbacks that ran at least `slow_callback_duration` (the last 256), oldest first."""

@@ -111,6 +111,15 @@ pub(crate) const METRICS: &[(&str, Kind, &str, &str)] = &[
         "Samples the loop dropped because the inspector's queue was full.",
     ),
     ("glassloop.loop.info", Kind::Gauge, "", "Always 1; attributes describe the loop."),
+    ("glassloop.server.connections.accepted", Kind::Counter, "{connection}", "Connections the server accepted."),
+    (
+        "glassloop.server.connections.refused",
+        Kind::Counter,
+        "{connection}",
+        "Connections the server could not accept (accept() failed: EMFILE, ENFILE, ECONNABORTED, ...).",
+    ),
+    ("glassloop.server.connections.open", Kind::UpDownCounter, "{connection}", "Connections of the server open now."),
+    ("glassloop.server.serving", Kind::Gauge, "", "1 while the server accepts connections (server.is_serving())."),
 ];
 
 /// The histogram in the hub's `Histograms` each histogram metric reads.
@@ -358,6 +367,27 @@ pub(crate) fn build(st: &HubState, resource: &ProtoResource, now_ns: u64) -> (Ex
             .collect(),
     );
 
+    // Servers, from the newest tables: one point per server.
+    let servers = |get: fn(&crate::model::ServerRecord) -> u64| -> Vec<(Vec<KeyValue>, u64, Num)> {
+        loops
+            .iter()
+            .filter_map(|(l, e)| e.tables.as_ref().map(|t| (l, t)))
+            .flat_map(|(l, tables)| {
+                tables.servers.iter().map(move |srv| {
+                    let id = srv.id.to_string();
+                    let addresses = srv.addresses.join(" ");
+                    let a = with(l, &[("server", &id), ("kind", srv.kind.as_str()), ("address", &addresses)]);
+                    let start = if srv.created_unix_ms > 0 { srv.created_unix_ms * 1_000_000 } else { l.start_ns };
+                    (a, start, Num::Int(get(srv)))
+                })
+            })
+            .collect()
+    };
+    b.number("glassloop.server.connections.accepted", servers(|s| s.accepted));
+    b.number("glassloop.server.connections.refused", servers(|s| s.refused));
+    b.number("glassloop.server.connections.open", servers(|s| s.open));
+    b.number("glassloop.server.serving", servers(|s| s.serving as u64));
+
     let points = b.points;
     let request = ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
@@ -436,6 +466,17 @@ mod tests {
                 TransportRecord { kind: TransportKind::Tcp, state: "open".into(), ..Default::default() },
                 TransportRecord { kind: TransportKind::Udp, state: "closed".into(), ..Default::default() },
             ],
+            servers: vec![crate::model::ServerRecord {
+                id: 4,
+                kind: TransportKind::Tcp,
+                addresses: vec!["127.0.0.1:80".into()],
+                accepted: 9,
+                open: 2,
+                refused: 1,
+                serving: true,
+                created_unix_ms: 1_000,
+                ..Default::default()
+            }],
             ..Default::default()
         });
         hub.pump();
@@ -500,6 +541,15 @@ mod tests {
         assert_eq!(conns.data_points[0].value, Some(number_data_point::Value::AsInt(6)));
         let Some(Data::Sum(steps)) = &find(&req, "asyncio.task.steps").data else { panic!() };
         assert_eq!(steps.data_points[0].value, Some(number_data_point::Value::AsInt(3)));
+        let Some(Data::Sum(accepted)) = &find(&req, "glassloop.server.connections.accepted").data else { panic!() };
+        assert!(accepted.is_monotonic);
+        let p = &accepted.data_points[0];
+        assert_eq!(p.value, Some(number_data_point::Value::AsInt(9)));
+        assert_eq!((attr(&p.attributes, "server"), attr(&p.attributes, "address")), (Some("4"), Some("127.0.0.1:80")));
+        assert_eq!(p.start_time_unix_nano, 1_000_000_000, "counted since the server was made");
+        let Some(Data::Sum(open)) = &find(&req, "glassloop.server.connections.open").data else { panic!() };
+        assert!(!open.is_monotonic);
+        assert_eq!(open.data_points[0].value, Some(number_data_point::Value::AsInt(2)));
     }
 
     /// One vocabulary: every exported name translates to a `/metrics` family, and

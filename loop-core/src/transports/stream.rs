@@ -308,6 +308,12 @@ impl StreamTransport {
         self.inner.with(py, |i| !std::mem::replace(&mut i.read_queued, true))
     }
 
+    /// The protocol's class and whether it is buffered: what the inspector names
+    /// this transport's I/O after (its `data_received`/`buffer_updated`).
+    pub fn protocol_class<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, pyo3::types::PyType>, bool)> {
+        self.inner.with(py, |i| i.protocol.as_ref().map(|p| (p.obj.bind(py).get_type(), p.buffered)))
+    }
+
     pub fn stats(&self, py: Python<'_>) -> TransportStats {
         self.inner.with(py, |i| {
             let mut s = i.stats;
