@@ -261,7 +261,8 @@ def test_metrics_exposition_is_strict_and_complete(tmp_path):
         assert one(fams, "asyncio_slow_callbacks_total", loop=lid) == 1
         assert one(fams, "asyncio_eventloop_stalls_total", loop=lid) == 0
         assert one(fams, "asyncio_task_active", loop=lid) == 2
-        assert one(fams, "asyncio_connections_total", loop=lid) == 2  # the two connect_accepted_socket
+        # Two connect_accepted_socket, then the client and the server end of open_connection.
+        assert one(fams, "asyncio_connections_total", loop=lid) == 4
         # The server: one connection accepted and open, listening on 127.0.0.1.
         (labels, _), = series(fams, "glassloop_server_serving")
         assert labels["kind"] == "tcp" and labels["address"].startswith("127.0.0.1:"), labels
