@@ -82,7 +82,7 @@ impl Watcher {
 #[derive(Default)]
 pub struct Watchers {
     fds: HashMap<RawFd, Watcher>,
-    /// fds owned by Rust transports (registered edge-triggered, read and write, for life).
+    /// fds owned by Rust transports (registered edge-triggered for life; see `Transport::interest`).
     transports: HashMap<RawFd, Transport>,
     /// fds whose callbacks ran since the last poll: re-armed before the next one.
     fired: Vec<RawFd>,
