@@ -8,8 +8,10 @@
 //! The public API rather than OpenTelemetry's context variable, because
 //! `OTEL_PYTHON_CONTEXT` can swap the runtime context for another implementation.
 //!
-//! Cost: with export off, one relaxed load per task; with export on and no
-//! OpenTelemetry in the process, one `sys.modules` lookup more.
+//! Cost per `create_task` (callgrind, CPython 3.11): with export off, one relaxed
+//! load; with export on and no OpenTelemetry in the process, ~160 instructions (the
+//! `sys.modules` lookup); with OpenTelemetry and a current span, ~9,500, nearly all
+//! in OpenTelemetry's own `get_current_span()` and the span context's properties.
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
