@@ -1425,8 +1425,14 @@ def test_every_sock_method_needs_nonblocking_socket_in_debug(loop, run, method):
 
 
 def test_sock_recv_on_transport_socket_raises(loop, run):
+    accepted = []
+
+    class Keep(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.append(transport)
+
     async def main():
-        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        server = await loop.create_server(Keep, "127.0.0.1", 0)
         sock = socket.create_connection(server.sockets[0].getsockname())
         sock.setblocking(False)
         tr, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
@@ -1436,6 +1442,12 @@ def test_sock_recv_on_transport_socket_raises(loop, run):
             return str(ei.value), sock.fileno()
         finally:
             tr.close()
+            for _ in range(100):
+                if accepted:
+                    break
+                await asyncio.sleep(0.01)
+            for t in accepted:  # closed before the server, which 3.13.0's asyncio needs
+                t.close()
             server.close()
             await server.wait_closed()
 
