@@ -1003,7 +1003,7 @@ def test_transport_table_counts_a_known_exchange(glassloop):
         for n in sizes:
             if not n and not PY313:
                 ct.sendto(b"")
-        rows = glassloop._core.LoopCore._transports(loop)
+        rows = loop.transports()
         stats = loop.stats()
         ct.close()
         st.close()

@@ -16,6 +16,9 @@ NAMES = (
     "tasks_gather",
     "sleep0_pingpong",
     "udp_pingpong",
+    "sock_pingpong",
+    "subprocess_spawn",
+    "subprocess_pipe",
 )
 
 

@@ -387,6 +387,11 @@ impl DatagramTransport {
         self.loop_obj(py).and_then(|l| l.cast_into::<LoopCore>().ok())
     }
 
+    /// The protocol's class (see `Transport::protocol_class`).
+    pub fn protocol_class<'py>(&self, py: Python<'py>) -> Option<Bound<'py, pyo3::types::PyType>> {
+        self.inner.with(py, |i| i.protocol.as_ref().map(|p| p.bind(py).get_type()))
+    }
+
     fn protocol_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.inner.with(py, |i| i.protocol.as_ref().map(|p| p.clone_ref(py)))
     }

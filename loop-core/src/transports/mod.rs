@@ -73,6 +73,27 @@ impl Transport {
         }
     }
 
+    /// Marks a read as queued; false if one already is (a datagram transport reads
+    /// whenever its socket is readable).
+    pub fn claim_read(&self, py: Python<'_>) -> bool {
+        match self {
+            Transport::Stream(t) => t.get().claim_read(py),
+            Transport::Datagram(_) => true,
+        }
+    }
+
+    /// The protocol's class and the method its data goes to, which the inspector
+    /// names this transport's I/O after.
+    pub fn protocol_class<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, pyo3::types::PyType>, &'static str)> {
+        match self {
+            Transport::Stream(t) => t
+                .get()
+                .protocol_class(py)
+                .map(|(class, buffered)| (class, if buffered { "buffer_updated" } else { "data_received" })),
+            Transport::Datagram(t) => t.get().protocol_class(py).map(|class| (class, "datagram_received")),
+        }
+    }
+
     pub fn record(&self, py: Python<'_>) -> PyResult<inspector::TransportRecord> {
         match self {
             Transport::Stream(t) => t.get().record(py),
