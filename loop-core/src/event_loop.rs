@@ -9,7 +9,8 @@
 
 use crate::clock;
 use crate::gil_cell::GilCell;
-use crate::handles::{check_callback, Handle, Ready, TimerHandle};
+use crate::fastcall;
+use crate::handles::{check_callback, Args, Handle, Ready, TimerHandle};
 use crate::sites::{self, SiteOwner, Sites};
 use crate::slow::{SlowCallback, SlowLog};
 use crate::tasks::{self, TaskEntry, TaskState, Tasks};
@@ -22,6 +23,7 @@ use mio::{Events, Poll, Registry, Waker};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::Borrowed;
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::io::RawFd;
@@ -170,9 +172,9 @@ impl LoopCore {
         self.debug.load(Ordering::Relaxed)
     }
 
-    fn schedule(&self, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
-        let handle = Py::new(py, handle)?;
-        let queued = handle.clone_ref(py);
+    fn schedule<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, Handle>> {
+        let handle = Bound::new(py, handle)?;
+        let queued = handle.clone().unbind();
         self.state.with(py, |s| {
             let queued_ns = s.now_ns;
             s.ready.push_back(Ready::Call { handle: queued, queued_ns })
@@ -180,20 +182,85 @@ impl LoopCore {
         Ok(handle)
     }
 
-    fn new_timer(
+    fn new_timer<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         when: f64,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        let handle = Handle::new(py, callback.clone(), args.clone(), context, self.is_debug())?;
+        callback: Borrowed<'_, 'py, PyAny>,
+        args: Args,
+        context: Option<Borrowed<'_, 'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        let handle = Handle::with_args(py, callback.to_owned(), args, context.map(|c| c.to_owned()), self.is_debug())?;
         let counter = self.state.with(py, |s| s.timers.cancel_counter());
-        let timer = Py::new(py, TimerHandle::new_pair(handle, when, counter))?;
-        let queued = timer.clone_ref(py);
+        let timer = Bound::new(py, TimerHandle::new_pair(handle, when, counter))?;
+        let queued = timer.clone().unbind();
         self.state.with(py, |s| s.timers.push(when, queued));
         Ok(timer)
+    }
+
+    /// `call_soon(callback, *args, context=None)`: schedules `callback(*args)` for
+    /// the next iteration, in `context` (default: a copy of the current one).
+    fn call_soon<'py>(
+        &self,
+        py: Python<'py>,
+        callback: Borrowed<'_, 'py, PyAny>,
+        args: &[*mut pyo3::ffi::PyObject],
+        context: Option<Borrowed<'_, 'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        self.check_closed()?;
+        let debug = self.is_debug();
+        if debug {
+            // asyncio checks the thread and the callback only in debug mode.
+            self.check_thread()?;
+            check_callback(py, &callback, "call_soon")?;
+        }
+        let args = Args::from_slice(py, args)?;
+        self.schedule(py, Handle::with_args(py, callback.to_owned(), args, context.map(|c| c.to_owned()), debug)?)
+    }
+
+    /// Like `call_soon`, from any thread: wakes the loop if it is waiting.
+    fn call_soon_threadsafe<'py>(
+        &self,
+        py: Python<'py>,
+        callback: Borrowed<'_, 'py, PyAny>,
+        args: &[*mut pyo3::ffi::PyObject],
+        context: Option<Borrowed<'_, 'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        self.check_closed()?;
+        if self.is_debug() {
+            check_callback(py, &callback, "call_soon_threadsafe")?;
+        }
+        let args = Args::from_slice(py, args)?;
+        let handle = Bound::new(py, Handle::with_args(py, callback.to_owned(), args, context.map(|c| c.to_owned()), self.is_debug())?)?;
+        let queued = handle.clone().unbind();
+        // Another thread: the loop's cached "now" may be a whole poll old.
+        let queued_ns = clock::now_ns();
+        self.state.with(py, |s| s.ready.push_back(Ready::Call { handle: queued, queued_ns }));
+        // The loop sets `sleeping` while holding the GIL, right before it releases it
+        // to poll, so under the GIL we either see it set (and wake the poll) or the
+        // loop has not computed its timeout yet (and will see our handle).
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.waker.wake().map_err(os_error)?;
+        }
+        Ok(handle)
+    }
+
+    /// `call_at(when, callback, *args, context=None)`: schedules `callback(*args)`
+    /// at `when`, an absolute time on `loop.time()`'s clock.
+    fn call_at<'py>(
+        &self,
+        py: Python<'py>,
+        when: f64,
+        callback: Borrowed<'_, 'py, PyAny>,
+        args: &[*mut pyo3::ffi::PyObject],
+        context: Option<Borrowed<'_, 'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        self.check_closed()?;
+        if self.is_debug() {
+            self.check_thread()?;
+            check_callback(py, &callback, "call_at")?;
+        }
+        self.new_timer(py, when, callback, Args::from_slice(py, args)?, context)
     }
 
     /// One iteration: poll for I/O (sleeping until the next timer when there is
@@ -216,10 +283,19 @@ impl LoopCore {
         };
         let mut garbage_timers = Vec::new();
 
-        // 1. How long may we sleep?
-        let (has_ready, next_when, next_sample) = self.state.with(py, |s| {
+        // 1. How long may we sleep? `now_ns` is when the last callback (or poll)
+        // ended, a moment ago: deciding costs no clock read.
+        let (has_ready, next_when, next_sample, poll_start, last_poll) = self.state.with(py, |s| {
             s.watchers.rearm(&self.registry);
-            (!s.ready.is_empty(), s.timers.next_when(py, &mut garbage_timers), s.link.as_ref().map(|l| l.next_sample_ns))
+            let has_ready = !s.ready.is_empty();
+            let next_when = if has_ready {
+                // The poll won't wait for a timer; only keep the heap compact.
+                s.timers.maybe_compact(py, &mut garbage_timers);
+                None
+            } else {
+                s.timers.next_when(py, &mut garbage_timers)
+            };
+            (has_ready, next_when, s.link.as_ref().map(|l| l.next_sample_ns), s.now_ns, s.last_poll_ns)
         });
         drop(garbage_timers);
         let timeout = if has_ready || self.stopping.load(Ordering::Relaxed) {
@@ -237,22 +313,29 @@ impl LoopCore {
             })
         };
 
-        // 2. Poll, without the GIL (unless callbacks are waiting and we polled just now).
-        let poll_start = clock::now_ns();
-        let last_poll = self.state.with(py, |s| s.last_poll_ns);
+        // 2. Poll (unless callbacks are waiting and we polled just now). Only a poll
+        // that may block releases the GIL: a zero-timeout one returns at once.
         let skip_poll = timeout == Some(Duration::ZERO) && poll_start.saturating_sub(last_poll) < MIN_POLL_INTERVAL_NS;
         let mut poll_end = poll_start;
+        let mut poller = None;
         if !skip_poll {
-            let blocking = timeout != Some(Duration::ZERO);
-            if blocking {
-                self.sleeping.store(true, Ordering::SeqCst);
-            }
-            let polled = py.detach(|| {
+            let polled = if timeout == Some(Duration::ZERO) {
                 let mut p = self.poller.lock().unwrap_or_else(|e| e.into_inner());
                 let Poller { poll, events } = &mut *p;
-                poll.poll(events, timeout)
-            });
-            self.sleeping.store(false, Ordering::SeqCst);
+                let polled = poll.poll(events, timeout);
+                poller = Some(p);
+                polled
+            } else {
+                self.sleeping.store(true, Ordering::SeqCst);
+                let polled = py.detach(|| {
+                    let mut p = self.poller.lock().unwrap_or_else(|e| e.into_inner());
+                    let Poller { poll, events } = &mut *p;
+                    poll.poll(events, timeout)
+                });
+                self.sleeping.store(false, Ordering::SeqCst);
+                poller = Some(self.poller.lock().unwrap_or_else(|e| e.into_inner()));
+                polled
+            };
             poll_end = clock::now_ns();
             match polled {
                 Ok(()) => {}
@@ -262,44 +345,42 @@ impl LoopCore {
             }
         }
 
-        // 3. Queue I/O callbacks and due timers.
+        // 3. Queue I/O callbacks and due timers (due by the clock read after the poll, as asyncio).
         let mut garbage_timers = Vec::new();
-        {
-            let p = if skip_poll { None } else { Some(self.poller.lock().unwrap_or_else(|e| e.into_inner())) };
-            self.state.with(py, |s| {
-                s.recorder.iterations += 1;
-                s.recorder.idle_ns += poll_end - poll_start;
-                s.now_ns = poll_end;
-                if !skip_poll {
-                    s.last_poll_ns = poll_end;
+        let (ntodo, queued_any) = self.state.with(py, |s| {
+            s.recorder.iterations += 1;
+            s.recorder.idle_ns += poll_end - poll_start;
+            s.now_ns = poll_end;
+            if !skip_poll {
+                s.last_poll_ns = poll_end;
+            }
+            let before = s.ready.len();
+            for event in poller.iter().flat_map(|p| p.events.iter()) {
+                if event.token() == WAKER_TOKEN {
+                    continue; // the thread that woke us already queued its handle
                 }
-                for event in p.iter().flat_map(|p| p.events.iter()) {
-                    if event.token() == WAKER_TOKEN {
-                        continue; // the thread that woke us already queued its handle
-                    }
-                    let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                    let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                    let State { watchers, ready, .. } = s;
-                    watchers.dispatch(py, event.token().0 as RawFd, readable, writable, event.is_read_closed(), poll_end, ready);
-                }
-                let now = clock::ns_to_secs(clock::now_ns());
-                let State { timers, ready, recorder, .. } = s;
-                timers.pop_due(py, now, ready, &mut garbage_timers, |late| {
-                    recorder.timer_fired((late * 1e9) as u64)
-                });
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                let State { watchers, ready, .. } = s;
+                watchers.dispatch(py, event.token().0 as RawFd, readable, writable, event.is_read_closed(), poll_end, ready);
+            }
+            let State { timers, ready, recorder, .. } = s;
+            timers.pop_due(py, clock::ns_to_secs(poll_end), ready, &mut garbage_timers, |late| {
+                recorder.timer_fired((late * 1e9) as u64)
             });
-        }
+            s.recorder.ready_queue(s.ready.len());
+            (s.ready.len(), s.ready.len() != before)
+        });
+        drop(poller);
         drop(garbage_timers);
 
         // 4. Run what is ready now; anything they schedule waits for the next iteration.
-        let ntodo = self.state.with(py, |s| {
-            s.recorder.ready_queue(s.ready.len());
-            s.ready.len()
-        });
         let inspected = heartbeat.is_some();
         let debug = self.is_debug();
         let slow_ns = (f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed)) * 1e9) as u64;
-        let mut t0 = clock::now_ns();
+        // One clock read ends a callback and starts the next; the poll's serves the
+        // first, unless queueing the iteration's work took time of its own.
+        let mut t0 = if queued_any { clock::now_ns() } else { poll_end };
         let busy_start = t0;
         for _ in 0..ntodo {
             let Some(entry) = self.state.with(py, |s| s.ready.pop_front()) else {
@@ -322,18 +403,23 @@ impl LoopCore {
                     continue;
                 }
             };
+            // Bound: dropped with a plain decref (a Py checks the thread's attach count first).
+            let handle = handle.into_bound(py);
             let h = handle.get();
             if h.is_cancelled() {
                 continue;
             }
             let Some((func, args)) = h.callback_parts(py) else { continue };
-            let func = func.into_bound(py);
-            let task_candidate = tasks::step_owner(&func);
-            let (task, task_site) = self.state.with(py, |s| {
-                let task = task_candidate.filter(|t| s.tasks.id_of(*t).is_some());
-                s.current_task = task.and_then(|t| s.tasks.id_of(t));
-                (task, task.and_then(|t| s.tasks.code_of(t)).map(|c| c.as_ptr() as u64))
-            });
+            let (task, task_site) = match tasks::step_owner(&func) {
+                Some(candidate) => self.state.with(py, |s| match s.tasks.get(candidate) {
+                    Some(entry) => {
+                        s.current_task = Some(entry.id);
+                        (Some(candidate), entry.code.as_ref().map(|c| c.as_ptr() as u64))
+                    }
+                    None => (None, None),
+                }),
+                None => (None, None),
+            };
             let site = if task.is_none() { Some(sites::site_of(&func)) } else { None };
             if let Some(hb) = &heartbeat {
                 hb.begin(t0, task_site.or(site.as_ref().map(|s| s.0 as u64)).unwrap_or(0));
@@ -385,14 +471,14 @@ impl LoopCore {
                 self.report_callback_error(py, loop_obj, &handle, err)?;
             }
             if debug && is_slow {
-                let text = stdlib::format_handle(py)?.call1((handle.bind(py),))?;
+                let text = stdlib::format_handle(py)?.call1((&handle,))?;
                 stdlib::asyncio_logger(py)?.call_method1(
                     "warning",
                     ("Executing %s took %.3f seconds", text, clock::ns_to_secs(took)),
                 )?;
             }
         }
-        let end = clock::now_ns();
+        let end = t0;
         let busy = end - busy_start;
         let mut link = self.state.with(py, |s| {
             s.recorder.busy_ns += busy;
@@ -466,7 +552,7 @@ impl LoopCore {
 
     /// An exception escaped a callback: SystemExit and KeyboardInterrupt end the
     /// run (as in asyncio); anything else goes to the loop's exception handler.
-    fn report_callback_error(&self, py: Python<'_>, loop_obj: &Bound<'_, PyAny>, handle: &Py<Handle>, err: PyErr) -> PyResult<()> {
+    fn report_callback_error(&self, py: Python<'_>, loop_obj: &Bound<'_, PyAny>, handle: &Bound<'_, Handle>, err: PyErr) -> PyResult<()> {
         if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
             return Err(err);
         }
@@ -475,7 +561,7 @@ impl LoopCore {
         let context = PyDict::new(py);
         context.set_item("message", format!("Exception in callback {source}"))?;
         context.set_item("exception", err.into_value(py))?;
-        context.set_item("handle", handle.bind(py))?;
+        context.set_item("handle", handle)?;
         if let Some(tb) = h.source_traceback(py) {
             context.set_item("source_traceback", tb)?;
         }
@@ -550,89 +636,6 @@ impl LoopCore {
         clock::ns_to_secs(clock::now_ns())
     }
 
-    /// Schedules `callback(*args)` for the next iteration, in `context` (default: a copy of the current one).
-    #[pyo3(signature = (callback, *args, context = None))]
-    fn call_soon(
-        &self,
-        py: Python<'_>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        self.check_closed()?;
-        let debug = self.is_debug();
-        if debug {
-            // asyncio checks the thread and the callback only in debug mode.
-            self.check_thread()?;
-            check_callback(py, &callback, "call_soon")?;
-        }
-        self.schedule(py, Handle::new(py, callback, args, context, debug)?)
-    }
-
-    /// Like `call_soon`, from any thread: wakes the loop if it is waiting.
-    #[pyo3(signature = (callback, *args, context = None))]
-    fn call_soon_threadsafe(
-        &self,
-        py: Python<'_>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        self.check_closed()?;
-        if self.is_debug() {
-            check_callback(py, &callback, "call_soon_threadsafe")?;
-        }
-        let handle = Py::new(py, Handle::new(py, callback, args, context, self.is_debug())?)?;
-        let queued = handle.clone_ref(py);
-        // Another thread: the loop's cached "now" may be a whole poll old.
-        let queued_ns = clock::now_ns();
-        self.state.with(py, |s| s.ready.push_back(Ready::Call { handle: queued, queued_ns }));
-        // The loop sets `sleeping` while holding the GIL, right before it releases it
-        // to poll, so under the GIL we either see it set (and wake the poll) or the
-        // loop has not computed its timeout yet (and will see our handle).
-        if self.sleeping.swap(false, Ordering::SeqCst) {
-            self.waker.wake().map_err(os_error)?;
-        }
-        Ok(handle)
-    }
-
-    /// Schedules `callback(*args)` to run `delay` seconds from now.
-    #[pyo3(signature = (delay, callback, *args, context = None))]
-    fn call_later(
-        &self,
-        py: Python<'_>,
-        delay: Option<f64>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        let Some(delay) = delay else {
-            return Err(pyo3::exceptions::PyTypeError::new_err("delay must not be None"));
-        };
-        self.call_at(py, Some(self.time() + delay), callback, args, context)
-    }
-
-    /// Schedules `callback(*args)` at `when`, an absolute time on `loop.time()`'s clock.
-    #[pyo3(signature = (when, callback, *args, context = None))]
-    fn call_at(
-        &self,
-        py: Python<'_>,
-        when: Option<f64>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        let Some(when) = when else {
-            return Err(pyo3::exceptions::PyTypeError::new_err("when cannot be None"));
-        };
-        self.check_closed()?;
-        if self.is_debug() {
-            self.check_thread()?;
-            check_callback(py, &callback, "call_at")?;
-        }
-        self.new_timer(py, when, &callback, &args, context)
-    }
-
     /// Asks the loop to stop after the current iteration.
     fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -643,6 +646,8 @@ impl LoopCore {
         let this = slf.get();
         let py = slf.py();
         let loop_obj = slf.as_any();
+        // Iterations take "now" from the end of the previous one: start from a fresh reading.
+        this.state.with(py, |s| s.now_ns = clock::now_ns());
         loop {
             this.run_once(py, loop_obj)?;
             if this.stopping.load(Ordering::Relaxed) {
@@ -1069,5 +1074,118 @@ impl LoopCore {
             }
             None => Ok(false),
         }
+    }
+}
+
+// The scheduling methods, as vectorcall methods (see fastcall.rs): they run once
+// per callback. Each sorts its arguments and calls the `LoopCore` method above.
+
+static SCHEDULING_METHODS: [fastcall::MethodDef; 4] = [
+    fastcall::MethodDef::new(
+        c"call_soon",
+        call_soon_vectorcall,
+        c"call_soon($self, callback, *args, context=None)\n--\n\nSchedules `callback(*args)` for the next iteration, in `context` (default: a copy of the current one).",
+    ),
+    fastcall::MethodDef::new(
+        c"call_soon_threadsafe",
+        call_soon_threadsafe_vectorcall,
+        c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike `call_soon`, from any thread: wakes the loop if it is waiting.",
+    ),
+    fastcall::MethodDef::new(
+        c"call_later",
+        call_later_vectorcall,
+        c"call_later($self, delay, callback, *args, context=None)\n--\n\nSchedules `callback(*args)` to run `delay` seconds from now.",
+    ),
+    fastcall::MethodDef::new(
+        c"call_at",
+        call_at_vectorcall,
+        c"call_at($self, when, callback, *args, context=None)\n--\n\nSchedules `callback(*args)` at `when`, an absolute time on `loop.time()`'s clock.",
+    ),
+];
+
+/// Puts the scheduling methods on `LoopCore` (at module import).
+pub(crate) fn install_scheduling_methods(py: Python<'_>) -> PyResult<()> {
+    fastcall::install(&py.get_type::<LoopCore>(), &SCHEDULING_METHODS)
+}
+
+/// The `LoopCore` a method was called on.
+///
+/// # Safety
+/// `slf` must be the self of a method descriptor of `LoopCore`, which CPython has
+/// checked is an instance of it.
+unsafe fn loop_core<'a, 'py>(py: Python<'py>, slf: *mut pyo3::ffi::PyObject) -> Borrowed<'a, 'py, LoopCore> {
+    unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>() }
+}
+
+unsafe extern "C" fn call_soon_vectorcall(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: CPython calls this as LoopCore.call_soon (see install_scheduling_methods).
+    unsafe {
+        fastcall::entry(|py| {
+            let call = fastcall::parse(py, "LoopCore.call_soon", &["callback"], args, nargs, kwnames)?;
+            let this = loop_core(py, slf);
+            Ok(this.get().call_soon(py, call.named[0], call.rest, call.context)?.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn call_soon_threadsafe_vectorcall(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: as call_soon_vectorcall.
+    unsafe {
+        fastcall::entry(|py| {
+            let call = fastcall::parse(py, "LoopCore.call_soon_threadsafe", &["callback"], args, nargs, kwnames)?;
+            let this = loop_core(py, slf);
+            Ok(this.get().call_soon_threadsafe(py, call.named[0], call.rest, call.context)?.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn call_later_vectorcall(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: as call_soon_vectorcall.
+    unsafe {
+        fastcall::entry(|py| {
+            let call = fastcall::parse(py, "LoopCore.call_later", &["delay", "callback"], args, nargs, kwnames)?;
+            if call.named[0].is_none() {
+                return Err(pyo3::exceptions::PyTypeError::new_err("delay must not be None"));
+            }
+            let delay = fastcall::float_arg(call.named[0], "delay")?;
+            let this = loop_core(py, slf);
+            let when = this.get().time() + delay;
+            Ok(this.get().call_at(py, when, call.named[1], call.rest, call.context)?.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn call_at_vectorcall(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: as call_soon_vectorcall.
+    unsafe {
+        fastcall::entry(|py| {
+            let call = fastcall::parse(py, "LoopCore.call_at", &["when", "callback"], args, nargs, kwnames)?;
+            if call.named[0].is_none() {
+                return Err(pyo3::exceptions::PyTypeError::new_err("when cannot be None"));
+            }
+            let when = fastcall::float_arg(call.named[0], "when")?;
+            let this = loop_core(py, slf);
+            Ok(this.get().call_at(py, when, call.named[1], call.rest, call.context)?.into_ptr())
+        })
     }
 }

@@ -2,6 +2,7 @@
 
 mod clock;
 mod event_loop;
+mod fastcall;
 mod gil_cell;
 mod handles;
 mod inspect;
@@ -22,6 +23,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    event_loop::install_scheduling_methods(m.py())?;
+    handles::install_traverse(m.py());
     m.add_class::<transports::StreamTransport>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(start_inspector, m)?)?;

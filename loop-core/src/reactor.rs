@@ -150,6 +150,9 @@ impl Watchers {
 
     /// Re-arms the fds that fired, so a still-ready fd is reported again (level-triggered).
     pub fn rearm(&mut self, registry: &Registry) {
+        if self.fired.is_empty() {
+            return; // every iteration asks; most have nothing to rearm
+        }
         for fd in self.fired.drain(..) {
             if let Some(w) = self.fds.get_mut(&fd) {
                 if let Some(interest) = w.registered {

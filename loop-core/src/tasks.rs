@@ -61,6 +61,11 @@ impl Tasks {
         self.next_id
     }
 
+    #[inline]
+    pub fn get(&self, task: usize) -> Option<&TaskEntry> {
+        self.live.get(&task)
+    }
+
     pub fn id_of(&self, task: usize) -> Option<u64> {
         self.live.get(&task).map(|e| e.id)
     }

@@ -122,7 +122,8 @@ impl Timers {
         garbage.push(entry.handle);
     }
 
-    fn maybe_compact(&mut self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) {
+    /// Drops cancelled timers in bulk once they are the majority.
+    pub fn maybe_compact(&mut self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) {
         let cancelled = self.cancelled.load(Ordering::Relaxed);
         if cancelled < MIN_CANCELLED_FOR_COMPACTION
             || (cancelled as f64) <= self.heap.len() as f64 * CANCELLED_FRACTION_FOR_COMPACTION
