@@ -108,16 +108,17 @@ pub struct LoopCore {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    clock::unix_ms()
 }
 
 /// A finished task's outcome, read without side effects (`exception()` would
 /// mark the exception retrieved and silence asyncio's "never retrieved" warning).
 fn task_outcome(task: &Bound<'_, PyAny>) -> (TaskState, Option<String>) {
-    if task.call_method0("cancelled").and_then(|c| c.is_truthy()).unwrap_or(false) {
+    let py = task.py();
+    if task.call_method0(pyo3::intern!(py, "cancelled")).and_then(|c| c.is_truthy()).unwrap_or(false) {
         return (TaskState::Cancelled, None);
     }
-    match task.getattr("_exception") {
+    match task.getattr(pyo3::intern!(py, "_exception")) {
         Ok(exc) if !exc.is_none() => (TaskState::Failed, exc.get_type().name().ok().map(|n| n.to_string())),
         _ => (TaskState::Done, None),
     }
@@ -442,17 +443,23 @@ impl LoopCore {
                 if result.is_err() {
                     s.recorder.exceptions += 1;
                 }
-                let (addr, owner) = match (task, &site) {
+                let addr = match (task, &site) {
                     (Some(t), _) => match s.tasks.step(t, took, lag) {
-                        Some((_, Some(code))) => (code, s.tasks.code_of(t).map(|c| SiteOwner::Code(c.clone_ref(py)))),
+                        Some((_, Some(code))) => code,
                         _ => return None,
                     },
-                    (None, Some((addr, code))) => (*addr, code.as_ref().map(|c| SiteOwner::Code(c.clone().unbind()))),
+                    (None, Some((addr, _))) => *addr,
                     (None, None) => return None,
                 };
                 if s.sites.record_known(addr, took) || s.sites.is_full() {
                     return None;
                 }
+                // The first run at this site: keep what names it.
+                let owner = match (task, &site) {
+                    (Some(t), _) => s.tasks.code_of(t).map(|c| SiteOwner::Code(c.clone_ref(py))),
+                    (None, Some((_, code))) => code.as_ref().map(|c| SiteOwner::Code(c.clone().unbind())),
+                    (None, None) => None,
+                };
                 Some((addr, owner))
             });
             if let Some((addr, owner)) = new_site {
@@ -499,14 +506,47 @@ impl LoopCore {
         published
     }
 
+    /// Adds a task to the task table; `coro` is its coroutine when the caller has it.
+    fn task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>, coro: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        // SAFETY: GIL held; PyWeakref_NewRef returns a new reference or NULL with an error set.
+        let weak = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))? }.unbind();
+        let coro = match coro {
+            Some(c) => Some(c.clone()),
+            None => task.call_method0(pyo3::intern!(py, "get_coro")).ok(),
+        };
+        let code = coro
+            .and_then(|c| c.getattr(pyo3::intern!(py, "cr_code")).or_else(|_| c.getattr(pyo3::intern!(py, "gi_code"))).ok())
+            .map(Bound::unbind);
+        let created_unix_ms = unix_ms();
+        let gone = self.state.with(py, |s| {
+            let entry = TaskEntry {
+                id: s.tasks.next_id(),
+                weak,
+                code,
+                parent: s.current_task,
+                created_unix_ms,
+                finished_unix_ms: None,
+                state: TaskState::Pending,
+                exception_type: None,
+                name: None,
+                steps: 0,
+                busy_ns: 0,
+                longest_step_ns: 0,
+                last_delay_ns: 0,
+            };
+            s.tasks.insert(task.as_ptr() as usize, entry, py)
+        });
+        drop(gone);
+        Ok(())
+    }
+
     /// A task step just ran: if the task finished, move it to the finished list.
     fn after_task_step(&self, py: Python<'_>, task_ptr: usize, func: &Bound<'_, PyAny>) {
         // SAFETY: `func` (the step callback) holds a reference to the task, so the
         // address is a live object for as long as `func` is.
         let task = unsafe { Bound::from_borrowed_ptr(py, task_ptr as *mut pyo3::ffi::PyObject) };
         let _keep = func;
-        let done = task.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(false);
-        if !done {
+        if !tasks::is_done(&task) {
             return;
         }
         let (state, exc) = task_outcome(&task);
@@ -724,16 +764,32 @@ impl LoopCore {
             }
             return slf.call_method(pyo3::intern!(py, "_create_task_slow"), (coro,), Some(&all));
         }
-        let kw = PyDict::new(py);
-        kw.set_item(pyo3::intern!(py, "loop"), slf)?;
+        // Task(coro, loop=self[, name=...][, context=...]) by vectorcall: no keyword dict.
+        let mut values = vec![coro.as_ptr(), slf.as_ptr()];
+        let mut names = vec![pyo3::intern!(py, "loop")];
         if let Some(n) = name {
-            kw.set_item(pyo3::intern!(py, "name"), n)?;
+            values.push(n.as_ptr());
+            names.push(pyo3::intern!(py, "name"));
         }
         if let Some(c) = context {
-            kw.set_item(pyo3::intern!(py, "context"), c)?;
+            values.push(c.as_ptr());
+            names.push(pyo3::intern!(py, "context"));
         }
-        let task = stdlib::task_type(py)?.call((coro,), Some(&kw))?;
-        this._task_created(py, &task)?;
+        static LOOP_ONLY: pyo3::sync::PyOnceLock<Py<PyTuple>> = pyo3::sync::PyOnceLock::new();
+        let kwnames = match names.len() {
+            1 => LOOP_ONLY.get_or_try_init(py, || PyTuple::new(py, &names).map(Bound::unbind))?.bind(py).clone(),
+            _ => PyTuple::new(py, names)?,
+        };
+        let task_type = stdlib::task_type(py)?;
+        // SAFETY: GIL held; `values` are live borrowed references (one positional,
+        // then one per name in `kwnames`) for the duration of the call.
+        let task = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyObject_Vectorcall(task_type.as_ptr(), values.as_ptr(), 1, kwnames.as_ptr()),
+            )?
+        };
+        this.task_created(py, &task, Some(coro))?;
         Ok(task)
     }
 
@@ -757,33 +813,7 @@ impl LoopCore {
 
     /// Adds a task made by `create_task` to the task table.
     fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
-        let weak = pyo3::types::PyWeakrefReference::new(task)?.into_any().unbind();
-        let code = task
-            .call_method0(pyo3::intern!(py, "get_coro"))
-            .ok()
-            .and_then(|c| c.getattr(pyo3::intern!(py, "cr_code")).or_else(|_| c.getattr(pyo3::intern!(py, "gi_code"))).ok())
-            .map(Bound::unbind);
-        let created_unix_ms = unix_ms();
-        let gone = self.state.with(py, |s| {
-            let entry = TaskEntry {
-                id: s.tasks.next_id(),
-                weak,
-                code,
-                parent: s.current_task,
-                created_unix_ms,
-                finished_unix_ms: None,
-                state: TaskState::Pending,
-                exception_type: None,
-                name: None,
-                steps: 0,
-                busy_ns: 0,
-                longest_step_ns: 0,
-                last_delay_ns: 0,
-            };
-            s.tasks.insert(task.as_ptr() as usize, entry, py)
-        });
-        drop(gone);
-        Ok(())
+        self.task_created(py, task, None)
     }
 
     /// The task table as plain dicts: live tasks first, then recently finished ones.

@@ -110,6 +110,17 @@ pub unsafe fn parse<'a, 'py>(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Call<'a, 'py>> {
+    if kwnames.is_null() && nargs as usize >= params.len() {
+        // The common call: everything positional.
+        // SAFETY: vectorcall passes `nargs` positional values, here at least one.
+        let positional: &'a [*mut ffi::PyObject] = unsafe { std::slice::from_raw_parts(args, nargs as usize) };
+        let bind = |p: *mut ffi::PyObject| unsafe { Borrowed::from_ptr(py, p) };
+        return Ok(Call {
+            named: [bind(positional[0]), bind(positional[params.len() - 1])],
+            rest: &positional[params.len()..],
+            context: None,
+        });
+    }
     let nkw = if kwnames.is_null() { 0 } else { unsafe { ffi::PyTuple_GET_SIZE(kwnames) } };
     let all: &'a [*mut ffi::PyObject] = if nargs + nkw == 0 {
         &[]

@@ -159,13 +159,65 @@ pub fn step_owner(func: &Bound<'_, PyAny>) -> Option<usize> {
     let ptr = func.as_ptr();
     // SAFETY: type checks and a borrowed field read on a live object, GIL held.
     unsafe {
-        if is_task_step_wrapper(ptr) {
-            // Read `__self__` (a C getter) rather than rely on the wrapper's struct layout.
-            func.getattr(pyo3::intern!(func.py(), "__self__")).ok().map(|t| t.as_ptr() as usize)
+        if ffi::PyFunction_Check(ptr) != 0 {
+            None // the commonest callback, and never a step
+        } else if is_task_step_wrapper(ptr) {
+            step_wrapper_task(func)
         } else if ffi::PyCFunction_Check(ptr) != 0 {
             Some(ffi::PyCFunction_GetSelf(ptr) as usize)
         } else {
             None
         }
     }
+}
+
+/// CPython's `TaskStepMethWrapper` (3.11 to 3.13): the object header, then the task.
+#[repr(C)]
+struct StepWrapper {
+    ob_base: ffi::PyObject,
+    task: *mut ffi::PyObject,
+}
+
+/// The task of a step wrapper. The struct is private to CPython, so its layout is
+/// trusted only after the first wrapper's field matched its `__self__`; until
+/// then, and if it ever differs, `__self__` (a C getter) is read.
+fn step_wrapper_task(func: &Bound<'_, PyAny>) -> Option<usize> {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const UNKNOWN: u8 = 0;
+    const MATCHES: u8 = 1;
+    const DIFFERS: u8 = 2;
+    static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
+    // SAFETY: the caller checked `func` is a TaskStepMethWrapper, whose struct starts
+    // with this layout (trusted only once verified below); reading a pointer field is harmless.
+    let field = unsafe { (*(func.as_ptr() as *const StepWrapper)).task } as usize;
+    let layout = LAYOUT.load(Ordering::Relaxed);
+    if layout == MATCHES {
+        return Some(field);
+    }
+    let attr = func.getattr(pyo3::intern!(func.py(), "__self__")).ok().map(|t| t.as_ptr() as usize);
+    if layout == UNKNOWN {
+        LAYOUT.store(if attr == Some(field) { MATCHES } else { DIFFERS }, Ordering::Relaxed);
+    }
+    attr
+}
+
+/// `task.done()`. For asyncio's own (C) Task, by its method descriptor: no
+/// attribute lookup on the instance.
+pub fn is_done(task: &Bound<'_, PyAny>) -> bool {
+    use pyo3::sync::PyOnceLock;
+    let py = task.py();
+    static DONE: PyOnceLock<Option<(usize, Py<PyAny>)>> = PyOnceLock::new();
+    let done = DONE.get_or_init(py, || {
+        let ty = crate::stdlib::task_type(py).ok()?;
+        Some((ty.as_ptr() as usize, ty.getattr("done").ok()?.unbind()))
+    });
+    let result = match done {
+        // SAFETY: GIL held; `task` is an instance of exactly the type `done` belongs to.
+        Some((ty, done)) if task.get_type().as_ptr() as usize == *ty => unsafe {
+            let args = [task.as_ptr()];
+            Bound::from_owned_ptr_or_err(py, ffi::PyObject_Vectorcall(done.as_ptr(), args.as_ptr(), 1, std::ptr::null_mut()))
+        },
+        _ => task.call_method0(pyo3::intern!(py, "done")),
+    };
+    result.and_then(|d| d.is_truthy()).unwrap_or(false)
 }
