@@ -286,7 +286,7 @@ impl LoopCore {
 
         // 1. How long may we sleep? `now_ns` is when the last callback (or poll)
         // ended, a moment ago: deciding costs no clock read.
-        let (has_ready, next_when, next_sample, poll_start, last_poll) = self.state.with(py, |s| {
+        let (has_ready, next_when, next_sample, cached_now, last_poll) = self.state.with(py, |s| {
             s.watchers.rearm(&self.registry);
             let has_ready = !s.ready.is_empty();
             let next_when = if has_ready {
@@ -299,24 +299,29 @@ impl LoopCore {
             (has_ready, next_when, s.link.as_ref().map(|l| l.next_sample_ns), s.now_ns, s.last_poll_ns)
         });
         drop(garbage_timers);
-        let timeout = if has_ready || self.stopping.load(Ordering::Relaxed) {
-            Some(Duration::ZERO)
+        let (timeout, poll_start) = if has_ready {
+            (Some(Duration::ZERO), cached_now)
+        } else if self.stopping.load(Ordering::Relaxed) {
+            (Some(Duration::ZERO), clock::now_ns())
         } else {
+            // Timers are due by the clock, not by the cached "now": read it.
+            let now = clock::now_ns();
             // An inspected loop also wakes for its next sample, so an idle loop keeps reporting.
             let deadline = match (next_when.map(clock::secs_to_ns_ceil), next_sample) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            deadline.map(|deadline| {
+            let timeout = deadline.map(|deadline| {
                 // Round up to whole milliseconds (epoll's unit) so we never wake early.
-                let ms = deadline.saturating_sub(clock::now_ns()).div_ceil(1_000_000);
+                let ms = deadline.saturating_sub(now).div_ceil(1_000_000);
                 Duration::from_millis(ms).min(MAX_POLL_TIMEOUT)
-            })
+            });
+            (timeout, now)
         };
 
         // 2. Poll (unless callbacks are waiting and we polled just now). Only a poll
         // that may block releases the GIL: a zero-timeout one returns at once.
-        let skip_poll = timeout == Some(Duration::ZERO) && poll_start.saturating_sub(last_poll) < MIN_POLL_INTERVAL_NS;
+        let skip_poll = has_ready && poll_start.saturating_sub(last_poll) < MIN_POLL_INTERVAL_NS;
         let mut poll_end = poll_start;
         let mut poller = None;
         if !skip_poll {

@@ -492,13 +492,85 @@ unsafe extern "C" fn traverse(obj: *mut ffi::PyObject, visit: ffi::visitproc, ar
     }
 }
 
-/// Replaces PyO3's `tp_traverse` of both handle types with [`traverse`].
-pub fn install_traverse(py: Python<'_>) {
+/// Freed `Handle` objects kept for reuse: `call_soon` makes one per callback and
+/// the loop frees it right after running it, so the same few blocks of memory
+/// serve a whole callback chain without malloc, free and zeroing.
+struct FreeList {
+    objects: std::cell::UnsafeCell<Vec<*mut ffi::PyObject>>,
+}
+
+/// Up to this many freed handles are kept (a few tens of KiB).
+const FREE_LIST_LEN: usize = 256;
+
+// SAFETY: only `alloc` and `dealloc` touch it, which CPython calls with the GIL
+// held (the module is GIL-bound), and neither calls into Python while using it.
+unsafe impl Sync for FreeList {}
+
+static FREE_HANDLES: FreeList = FreeList { objects: std::cell::UnsafeCell::new(Vec::new()) };
+static HANDLE_TYPE: std::sync::atomic::AtomicPtr<ffi::PyTypeObject> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// `tp_alloc` of `Handle`: a freed handle's memory when there is one, as
+/// `PyType_GenericAlloc` would hand it out (zeroed, typed, referenced once,
+/// tracked by the collector).
+unsafe extern "C" fn alloc(ty: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+    // SAFETY: GIL held (CPython calls tp_alloc with it); see FreeList.
+    unsafe {
+        if nitems == 0 && ty == HANDLE_TYPE.load(Ordering::Relaxed) {
+            if let Some(obj) = (*FREE_HANDLES.objects.get()).pop() {
+                let header = std::mem::size_of::<ffi::PyObject>();
+                std::ptr::write_bytes(obj.cast::<u8>().add(header), 0, (*ty).tp_basicsize as usize - header);
+                ffi::PyObject_Init(obj, ty);
+                ffi::PyObject_GC_Track(obj.cast());
+                return obj;
+            }
+        }
+        ffi::PyType_GenericAlloc(ty, nitems)
+    }
+}
+
+/// `tp_dealloc` of `Handle` (and of Python subclasses, through their
+/// `subtype_dealloc`): drops the Rust value, then keeps the memory of an exact
+/// `Handle` for [`alloc`] or frees it.
+unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_dealloc with the GIL held, once, when no reference
+    // remains. The value's address is found through PyO3 (`get`), then dropped
+    // through a pointer derived from `obj` itself. Dropping it decrefs Python
+    // objects, whose finalizers may run Python: the free list is not in use then.
+    unsafe {
+        ffi::PyObject_GC_UnTrack(obj.cast());
+        let ty = ffi::Py_TYPE(obj);
+        let offset = {
+            let bound = pyo3::Borrowed::from_ptr(Python::assume_attached(), obj).cast_unchecked::<Handle>();
+            let handle: &Handle = bound.get();
+            (handle as *const Handle).cast::<u8>().offset_from(obj.cast::<u8>())
+        };
+        std::ptr::drop_in_place(obj.cast::<u8>().offset(offset).cast::<Handle>());
+        let free_list = &mut *FREE_HANDLES.objects.get();
+        if ty == HANDLE_TYPE.load(Ordering::Relaxed) && free_list.len() < FREE_LIST_LEN {
+            free_list.push(obj);
+        } else if let Some(free) = (*ty).tp_free {
+            free(obj.cast());
+        }
+        // Instances of heap types hold a reference to their type (PyObject_Init took it).
+        ffi::Py_DECREF(ty.cast());
+    }
+}
+
+/// Replaces PyO3's slots where handles are made, freed and collected once per
+/// callback: `tp_traverse` of both types ([`traverse`]), `tp_alloc` and
+/// `tp_dealloc` of `Handle` ([`alloc`], [`dealloc`]). `TimerHandle` keeps PyO3's
+/// allocation (timers live long; few would be reused).
+pub fn install_slots(py: Python<'_>) {
     use pyo3::PyTypeInfo;
-    for ty in [Handle::type_object_raw(py), TimerHandle::type_object_raw(py)] {
-        // SAFETY: our own heap types, created just before at module import with no
-        // instance yet; the collector reads the slot on every visit.
-        unsafe { (*ty).tp_traverse = Some(traverse) };
+    let handle = Handle::type_object_raw(py);
+    HANDLE_TYPE.store(handle, Ordering::Relaxed);
+    // SAFETY: our own heap types, created just before at module import with no
+    // instance yet; CPython reads these slots on every use.
+    unsafe {
+        (*handle).tp_traverse = Some(traverse);
+        (*handle).tp_alloc = Some(alloc);
+        (*handle).tp_dealloc = Some(dealloc);
+        (*TimerHandle::type_object_raw(py)).tp_traverse = Some(traverse);
     }
 }
 

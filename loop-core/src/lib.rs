@@ -24,7 +24,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     event_loop::install_scheduling_methods(m.py())?;
-    handles::install_traverse(m.py());
+    handles::install_slots(m.py());
     m.add_class::<transports::StreamTransport>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(start_inspector, m)?)?;
