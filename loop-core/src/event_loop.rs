@@ -432,6 +432,7 @@ impl LoopCore {
             }
 
             let result = h.call_in_context(py, &func, &args);
+            args.release(py);
 
             let t1 = clock::now_ns();
             let took = t1 - t0;

@@ -136,6 +136,17 @@ impl Args {
         }
     }
 
+    /// Drops the arguments by plain decref (dropping a `Py` first asks PyO3
+    /// whether the thread is attached, a thread-local read).
+    #[inline]
+    pub fn release(self, py: Python<'_>) {
+        match self {
+            Args::Zero => {}
+            Args::One(a) => drop(a.into_bound(py)),
+            Args::Many(t) => drop(t.into_bound(py)),
+        }
+    }
+
     fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         match self {
             Args::Zero => Ok(()),
@@ -544,7 +555,16 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
             let handle: &Handle = bound.get();
             (handle as *const Handle).cast::<u8>().offset_from(obj.cast::<u8>())
         };
-        std::ptr::drop_in_place(obj.cast::<u8>().offset(offset).cast::<Handle>());
+        // Moved out, then dropped by plain decrefs (see Args::release).
+        let py = Python::assume_attached();
+        let Handle { callback, context, cancelled: _, source_traceback } =
+            std::ptr::read(obj.cast::<u8>().offset(offset).cast::<Handle>());
+        if let Some(Callback { func, args }) = callback.into_inner() {
+            drop(func.into_bound(py));
+            args.release(py);
+        }
+        drop(context.into_bound(py));
+        drop(source_traceback.map(|tb| tb.into_bound(py)));
         let free_list = &mut *FREE_HANDLES.objects.get();
         if ty == HANDLE_TYPE.load(Ordering::Relaxed) && free_list.len() < FREE_LIST_LEN {
             free_list.push(obj);

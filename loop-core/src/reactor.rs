@@ -149,10 +149,15 @@ impl Watchers {
     }
 
     /// Re-arms the fds that fired, so a still-ready fd is reported again (level-triggered).
+    /// Every iteration asks; most have nothing to rearm.
+    #[inline]
     pub fn rearm(&mut self, registry: &Registry) {
-        if self.fired.is_empty() {
-            return; // every iteration asks; most have nothing to rearm
+        if !self.fired.is_empty() {
+            self.rearm_fired(registry);
         }
+    }
+
+    fn rearm_fired(&mut self, registry: &Registry) {
         for fd in self.fired.drain(..) {
             if let Some(w) = self.fds.get_mut(&fd) {
                 if let Some(interest) = w.registered {
