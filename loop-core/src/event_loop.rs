@@ -115,7 +115,7 @@ fn unix_ms() -> u64 {
 /// mark the exception retrieved and silence asyncio's "never retrieved" warning).
 fn task_outcome(task: &Bound<'_, PyAny>) -> (TaskState, Option<String>) {
     let py = task.py();
-    if task.call_method0(pyo3::intern!(py, "cancelled")).and_then(|c| c.is_truthy()).unwrap_or(false) {
+    if tasks::is_cancelled(task) {
         return (TaskState::Cancelled, None);
     }
     match task.getattr(pyo3::intern!(py, "_exception")) {
@@ -556,7 +556,7 @@ impl LoopCore {
             return;
         }
         let (state, exc) = task_outcome(&task);
-        let name = task.call_method0(pyo3::intern!(py, "get_name")).and_then(|n| n.extract::<String>()).ok();
+        let name = tasks::name_of(&task);
         let now_ms = unix_ms();
         let dropped = self.state.with(py, |s| s.tasks.finish(task_ptr, state, exc, name, now_ms));
         drop(dropped);

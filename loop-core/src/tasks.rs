@@ -201,23 +201,49 @@ fn step_wrapper_task(func: &Bound<'_, PyAny>) -> Option<usize> {
     attr
 }
 
-/// `task.done()`. For asyncio's own (C) Task, by its method descriptor: no
-/// attribute lookup on the instance.
-pub fn is_done(task: &Bound<'_, PyAny>) -> bool {
-    use pyo3::sync::PyOnceLock;
+type CachedMethod = pyo3::sync::PyOnceLock<Option<(usize, Py<PyAny>)>>;
+
+/// `task.<name>()`. For asyncio's own (C) Task, by the type's method descriptor,
+/// found once: no attribute lookup on the instance per call.
+fn task_method0<'py>(task: &Bound<'py, PyAny>, cell: &'static CachedMethod, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
     let py = task.py();
-    static DONE: PyOnceLock<Option<(usize, Py<PyAny>)>> = PyOnceLock::new();
-    let done = DONE.get_or_init(py, || {
+    let method = cell.get_or_init(py, || {
         let ty = crate::stdlib::task_type(py).ok()?;
-        Some((ty.as_ptr() as usize, ty.getattr("done").ok()?.unbind()))
+        Some((ty.as_ptr() as usize, ty.getattr(name).ok()?.unbind()))
     });
-    let result = match done {
-        // SAFETY: GIL held; `task` is an instance of exactly the type `done` belongs to.
-        Some((ty, done)) if task.get_type().as_ptr() as usize == *ty => unsafe {
+    match method {
+        // SAFETY: GIL held; `task` is an instance of exactly the type the descriptor belongs to.
+        Some((ty, method)) if task.get_type().as_ptr() as usize == *ty => unsafe {
             let args = [task.as_ptr()];
-            Bound::from_owned_ptr_or_err(py, ffi::PyObject_Vectorcall(done.as_ptr(), args.as_ptr(), 1, std::ptr::null_mut()))
+            Bound::from_owned_ptr_or_err(py, ffi::PyObject_Vectorcall(method.as_ptr(), args.as_ptr(), 1, std::ptr::null_mut()))
         },
-        _ => task.call_method0(pyo3::intern!(py, "done")),
-    };
-    result.and_then(|d| d.is_truthy()).unwrap_or(false)
+        _ => task.call_method0(pyo3::types::PyString::intern(py, name)),
+    }
+}
+
+fn is_true(result: PyResult<Bound<'_, PyAny>>) -> bool {
+    match result {
+        // SAFETY: comparing with the True singleton's address, GIL held.
+        Ok(value) if value.as_ptr() == unsafe { ffi::Py_True() } => true,
+        Ok(value) => value.is_truthy().unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// `task.done()` (false if it raises).
+pub fn is_done(task: &Bound<'_, PyAny>) -> bool {
+    static DONE: CachedMethod = CachedMethod::new();
+    is_true(task_method0(task, &DONE, "done"))
+}
+
+/// `task.cancelled()` (false if it raises).
+pub fn is_cancelled(task: &Bound<'_, PyAny>) -> bool {
+    static CANCELLED: CachedMethod = CachedMethod::new();
+    is_true(task_method0(task, &CANCELLED, "cancelled"))
+}
+
+/// `task.get_name()` as a string.
+pub fn name_of(task: &Bound<'_, PyAny>) -> Option<String> {
+    static GET_NAME: CachedMethod = CachedMethod::new();
+    task_method0(task, &GET_NAME, "get_name").and_then(|n| n.extract::<String>()).ok()
 }
