@@ -48,11 +48,12 @@ WORKLOADS = {
     "sock": ("sock_echo.py", "tcp"),
     "unix": ("protocol_echo.py", "unix"),
     "udp": ("udp_echo.py", "udp"),
+    "tls": ("tls_echo.py", "tls"),
     "buffered-unix": ("buffered_echo.py", "unix"),
     "streams-unix": ("streams_echo.py", "unix"),
     "sock-unix": ("sock_echo.py", "unix"),
 }
-DEFAULT_WORKLOADS = "protocol,buffered,streams,sock,unix,udp"
+DEFAULT_WORKLOADS = "protocol,buffered,streams,sock,unix,udp,tls"
 #: Neighbours using more than this many CPUs during a measurement make it "noisy".
 NOISY_OTHER_CPUS = 0.25
 #: ... or the server or load generator waited for its CPU this fraction of the time.
@@ -226,6 +227,9 @@ def measure(args, loadgen, ceiling, label, spec, workload, size, conns, tmpdir):
     if transport == "udp":
         size = min(size, MAX_UDP)
     sock_path = os.path.join(tmpdir, "echo.sock")
+    if spec is None and transport == "tls":
+        return {"label": label, "workload": workload, "size": size, "conns": conns, "ok": False,
+                "unsupported": True, "error": "the pure-Rust ceiling has no TLS"}
     if spec is None:  # the pure-Rust ceiling
         command = [str(ceiling)]
         command += {"tcp": ["--addr", "127.0.0.1:0"], "unix": ["--unix", sock_path],
@@ -250,8 +254,9 @@ def measure(args, loadgen, ceiling, label, spec, workload, size, conns, tmpdir):
                 else:
                     record["error"] = f"server did not start: {tail(err) or f'exit {proc.returncode}'}"
                 return record
-            flag = {"tcp": "--addr", "unix": "--unix", "udp": "--udp"}[transport]
-            lg = [str(loadgen), flag, address, "--conns", str(conns), "--size", str(size),
+            flag = {"tcp": "--addr", "tls": "--addr", "unix": "--unix", "udp": "--udp"}[transport]
+            lg = [str(loadgen), flag, address, *(["--tls"] if transport == "tls" else []),
+                  "--conns", str(conns), "--size", str(size),
                   "--duration", str(args.duration), "--warmup", str(args.warmup),
                   "--server-pid", str(proc.pid), "--json"]
             if args.loadgen_cpu is not None:

@@ -42,6 +42,7 @@ if command -v npm >/dev/null && [ -x /usr/bin/chromium ]; then
     suite browser bash -c "cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && GLASSLOOP_TARGET=demo npm test"
 fi
 suite bench-smoke "$first" benches/compare.py --quick --loops asyncio:new_event_loop,glassloop:new_event_loop
+suite overhead-smoke "$first" benches/overhead.py --quick --no-echo
 
 echo
 echo "=== summary (logs in $logdir)"

@@ -221,3 +221,32 @@ def test_close_then_run_in_executor_raises(loop_factory):
     with pytest.raises(RuntimeError) as ei:
         lp.run_in_executor(None, lambda: None)
     assert str(ei.value) == "Event loop is closed"
+
+
+def test_run_in_executor_job_cancelled_while_queued_never_runs(loop, run):
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    gate = threading.Event()
+    ran = []
+
+    async def main():
+        first = loop.run_in_executor(pool, gate.wait, 10)
+        second = loop.run_in_executor(pool, ran.append, 1)
+        second.cancel()
+        await asyncio.sleep(0.01)
+        gate.set()
+        assert await first is True
+        with pytest.raises(asyncio.CancelledError):
+            await second
+
+    run(main())
+    pool.shutdown(wait=True)
+    assert ran == []
+
+
+def test_run_in_executor_on_a_shut_down_pool_raises(loop):
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        loop.run_in_executor(pool, print)
+    if hasattr(loop, "stats"):  # glassloop: the job never entered the queue
+        assert loop.stats()["executor"]["queued"] == 0

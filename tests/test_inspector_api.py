@@ -111,6 +111,9 @@ def test_stall_is_reported_while_the_callback_runs(tmp_path):
         assert not any(l.startswith("UNBLOCKED") for l in s.stdout_log), s.stdout_log
         assert stall["ongoing"] is True and stall["loop_id"] == lid
         assert stall["duration_ns"] >= 100_000_000
+        # The callback runs for the first time: its site was named before it ran.
+        site = f"block_forever_ish ({s.path}:{line_of(s.path, 'def block_forever_ish')})"
+        assert stall["site"] == site, stall
         frames = stall["stack"].splitlines()
         assert f"block_forever_ish ({s.path}:{sleeping_line})" in frames[-1], stall["stack"]
         assert any("main" in f for f in frames) or any("run_forever" in f for f in frames), frames
@@ -124,6 +127,7 @@ def test_stall_is_reported_while_the_callback_runs(tmp_path):
         assert done["total"] == 1
         (closed,) = done["stalls"]
         assert closed["id"] == stall["id"] and closed["ongoing"] is False
+        assert closed["site"] == site
         assert 1_400_000_000 <= closed["duration_ns"] <= 5_000_000_000, closed
         assert s.json("/api/v1")["stalls_ongoing"] == 0
         assert s.json(f"/api/v1/loops/{lid}")["loop"]["stalls_total"] == 1
@@ -133,6 +137,7 @@ def test_stall_is_reported_while_the_callback_runs(tmp_path):
                   if ev == "stall"]
         stream.close()
         assert stalls and stalls[0]["ongoing"] is True and stalls[-1]["ongoing"] is False, stalls
+        assert {d["site"] for d in stalls} == {site}, "named in every event, the first included"
         assert {d["id"] for d in stalls} == {stall["id"]}
         s.send()
         s.finish()
@@ -178,6 +183,55 @@ def test_stall_threshold_is_configurable_and_a_known_site_is_named(tmp_path):
         assert 70_000_000 <= stall["duration_ns"] <= 3_000_000_000, stall
         assert stall["stack_status"] == "captured"
         assert f"block ({s.path}:{line + 1})" in stall["stack"].splitlines()[-1]
+        s.send()
+        s.finish()
+
+
+FIRST_SITES_SCRIPT = '''
+import glassloop
+glassloop.start_inspector("127.0.0.1:0")
+
+async def fresh_coroutine():
+    time.sleep(0.5)  # A TASK STEP
+
+class SlowProtocol(asyncio.Protocol):
+    def data_received(self, data):
+        time.sleep(0.5)  # IN DATA_RECEIVED
+
+async def main():
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.3)
+    # Each stall below is the first run of its site, within a second of the last tables.
+    await loop.create_task(fresh_coroutine())
+    server = await loop.create_server(SlowProtocol, "127.0.0.1", 0)
+    r, w = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+    w.write(b"x")
+    await asyncio.sleep(0.8)
+    emit("DONE")
+    await command()
+    w.close()
+    server.close()
+
+glassloop.run(main())
+'''
+
+
+def test_a_stall_in_a_new_task_or_in_data_received_names_its_site(tmp_path):
+    with Inspected(FIRST_SITES_SCRIPT, tmp_path, launcher="plain") as s:
+        s.expect("DONE", timeout=30)
+        stalls = s.json("/api/v1/stalls")["stalls"]
+
+        def stall_at(marker):
+            line = line_of(s.path, marker)
+            found = [x for x in stalls if x["stack"] and f":{line})" in x["stack"].splitlines()[-1]]
+            assert len(found) == 1, (marker, stalls)
+            return found[0]
+
+        task = stall_at("# A TASK STEP")
+        assert task["site"] == f"fresh_coroutine ({s.path}:{line_of(s.path, 'async def fresh_coroutine')})", task
+        io = stall_at("# IN DATA_RECEIVED")
+        want = f"SlowProtocol.data_received ({s.path}:{line_of(s.path, 'def data_received')})"
+        assert io["site"] == want, io
         s.send()
         s.finish()
 
@@ -661,6 +715,266 @@ def test_samples_count_transport_bytes(tmp_path):
         assert one(fams, "asyncio_transport_bytes_total", loop=str(lid), direction="in") == 2 * N
         assert one(fams, "asyncio_transport_bytes_total", loop=str(lid), direction="out") == 2 * N
         s.send()
+        s.send()
+        s.finish()
+
+
+TLS_SCRIPT = HEARTBEAT + '''
+import datetime, os, socket, ssl, tempfile
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+N = 100_000
+
+def cert_file():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    path = os.path.join(tempfile.mkdtemp(), "cert.pem")
+    with open(path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return path
+
+class Upgraded(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t = t
+
+async def main():
+    loop = asyncio.get_running_loop()
+    start_heartbeat()
+    cert = cert_file()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert)
+    cctx = ssl.create_default_context(cafile=cert)
+    received = loop.create_future()
+
+    async def handle(reader, writer):
+        writer.write(await reader.readexactly(N))
+        await writer.drain()
+        received.set_result(writer)
+
+    # ssl= over TCP: both ends are TLS transports carrying StreamReaderProtocol.
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=sctx)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=cctx, server_hostname="localhost")
+    writer.write(b"x" * N)
+    await writer.drain()
+    assert len(await reader.readexactly(N)) == N
+    server_writer = await received
+
+    # start_tls over a Unix socketpair: TLS transports carrying Upgraded.
+    a, b = socket.socketpair()
+    ta, _ = await loop.connect_accepted_socket(Upgraded, a)
+    tb, _ = await loop.connect_accepted_socket(Upgraded, b)
+    ua, ub = await asyncio.gather(
+        loop.start_tls(ta, ta.get_protocol(), sctx, server_side=True),
+        loop.start_tls(tb, tb.get_protocol(), cctx, server_hostname="localhost"))
+    await asyncio.sleep(0.6)
+    emit("UP", port=port, client=writer.get_extra_info("sockname"))
+    await command()
+    for w in (writer, server_writer):
+        w.close()
+    ua.close()
+    ub.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    await asyncio.sleep(0.3)
+    emit("CLOSED")
+    await command()
+
+asyncio.run(main())
+'''
+
+
+def test_tls_transports_are_kind_tls_with_the_application_protocol(tmp_path):
+    """ssl= and start_tls connections are listed as kind "tls" (not tcp or unix),
+    with the application's protocol class rather than asyncio's SSLProtocol, and
+    their wire bytes; /metrics counts them under type="tls"."""
+    N = 100_000
+    with Inspected(TLS_SCRIPT, tmp_path) as s:
+        up = s.expect("UP")
+        lid = s.only_loop()
+        items = s.tables(lid, "transports")["items"]
+        assert sorted(t["kind"] for t in items) == ["tls"] * 4, items
+        assert s.tables(lid, "transports", "kind=tcp")["total"] == 0
+        assert s.tables(lid, "transports", "kind=unix")["total"] == 0
+        client_addr = f"{up['client'][0]}:{up['client'][1]}"
+        server_addr = f"127.0.0.1:{up['port']}"
+        by_local = {t["local"]: t for t in items}
+        streams = [by_local[client_addr], by_local[server_addr]]
+        upgraded = [t for t in items if t not in streams]
+        for t in streams:
+            assert t["protocol"] == "StreamReaderProtocol", t
+            # Ciphertext on the wire: the payload plus the records' overhead and the handshake.
+            assert N < t["bytes_in"] < 2 * N and N < t["bytes_out"] < 2 * N, t
+            assert t["state"] == "open"
+        assert [t["protocol"] for t in upgraded] == ["Upgraded", "Upgraded"], upgraded
+        fams = parse_prometheus(s.get("/metrics").text)
+        assert one(fams, "asyncio_transport_active", loop=str(lid), type="tls") == 4
+        assert one(fams, "asyncio_transport_active", loop=str(lid), type="tcp") == 0
+
+        s.send()
+        s.expect("CLOSED")
+        left = [t for t in s.tables(lid, "transports")["items"] if t["state"] != "closed"]
+        assert left == [], left
+        s.send()
+        s.finish()
+
+
+CONNECTIONS_SCRIPT = HEARTBEAT + '''
+import pathlib, socket, ssl, sys, tempfile
+sys.path.insert(0, TESTS)
+from certsupport import make_server_certs
+
+async def main():
+    loop = asyncio.get_running_loop()
+    start_heartbeat()
+    certs = make_server_certs(pathlib.Path(tempfile.mkdtemp()))
+
+    async def handle(reader, writer):
+        writer.write(b"hi")
+        await writer.drain()
+        writer.close()
+
+    async def visit(open_, *args, **kwargs):
+        reader, writer = await open_(*args, **kwargs)
+        assert await reader.read() == b"hi"
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, ssl.SSLError):
+            pass  # TLS: the server may leave without a close_notify
+
+    tcp = await asyncio.start_server(handle, "127.0.0.1", 0)
+    for _ in range(2):  # 4: 2 made, 2 accepted
+        await visit(asyncio.open_connection, *tcp.sockets[0].getsockname()[:2])
+    path = tempfile.mktemp(suffix=".sock")
+    unix = await asyncio.start_unix_server(handle, path)
+    await visit(asyncio.open_unix_connection, path)  # 2
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(certs.cert, certs.key)
+    client_ctx = ssl.create_default_context(cafile=str(certs.ca))
+    tls = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    await visit(asyncio.open_connection, *tls.sockets[0].getsockname()[:2], ssl=client_ctx)  # 2
+    a, b = socket.socketpair()
+    ta, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)  # 1
+    try:
+        await loop.create_connection(asyncio.Protocol, "127.0.0.1", 1)  # refused: no connection
+    except OSError:
+        pass
+    for s in (tcp, unix, tls):
+        s.close()
+        await s.wait_closed()
+    await asyncio.sleep(0.6)
+    emit("OPENED", stats=loop.stats())
+    await command()
+    ta.close()
+    b.close()
+
+asyncio.run(main())
+'''
+
+
+def test_connections_are_counted(tmp_path):
+    # Connections opened: accepted by servers and made by create_connection, plain,
+    # Unix and TLS, and connect_accepted_socket; a refused connect is none.
+    with Inspected(CONNECTIONS_SCRIPT.replace("TESTS", repr(os.path.dirname(__file__))), tmp_path) as s:
+        opened = s.expect("OPENED")
+        lid = s.only_loop()
+        assert opened["stats"]["connections"] == 9
+        r = wait_for(lambda: (r := s.json(f"/api/v1/loops/{lid}"))["since_start"]["connections"] == 9 and r,
+                     15, what="since_start connections")
+        samples = s.json(f"/api/v1/loops/{lid}/samples")["samples"]
+        assert sum(x["connections"] for x in samples) == 9
+        assert r["loop"]["latest"]["connections"] >= 0
+        fams = parse_prometheus(s.get("/metrics").text)
+        assert one(fams, "asyncio_connections_total", loop=str(lid)) == 9
+        s.send()
+        s.finish()
+
+
+UDP_SCRIPT = HEARTBEAT + '''
+SIZES = [100, 2000, 65000, 7, 1]
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, t):
+        self.t = t
+    def datagram_received(self, data, addr):
+        self.t.sendto(data, addr)
+
+class Client(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.got = asyncio.Queue()
+    def datagram_received(self, data, addr):
+        self.got.put_nowait(data)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    start_heartbeat()
+    st, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    server = st.get_extra_info("sockname")
+    ct, cp = await loop.create_datagram_endpoint(Client, remote_addr=server)
+    for n in SIZES:
+        ct.sendto(b"u" * n)
+        assert len(await cp.got.get()) == n
+    await asyncio.sleep(0.6)
+    emit("MOVED", server=server, client=ct.get_extra_info("sockname"), stats=loop.stats())
+    await command()
+    ct.close()
+    st.close()
+    await asyncio.sleep(0.3)
+    emit("CLOSED", stats=loop.stats())
+    await command()
+
+asyncio.run(main())
+'''
+
+
+def test_udp_transport_reports_the_bytes_it_moved(tmp_path):
+    total, count = 100 + 2000 + 65000 + 7 + 1, 5
+    with Inspected(UDP_SCRIPT, tmp_path) as s:
+        moved = s.expect("MOVED")
+        lid = s.only_loop()
+        server_addr = "{}:{}".format(*moved["server"])
+        client_addr = "{}:{}".format(*moved["client"])
+        page = s.tables(lid, "transports", "kind=udp")
+        udp = page["items"]
+        assert page["total"] == len(udp) == 2, udp
+        by_local = {t["local"]: t for t in udp}
+        assert set(by_local) == {client_addr, server_addr}, udp
+        client, server = by_local[client_addr], by_local[server_addr]
+        assert client["peer"] == server_addr and server["peer"] == ""
+        assert client["protocol"] == "Client" and server["protocol"] == "Echo"
+        for t in (client, server):
+            assert t["kind"] == "udp" and t["state"] == "open"
+            assert (t["bytes_in"], t["bytes_out"]) == (total, total), t
+            assert (t["calls_in"], t["calls_out"]) == (count, count), t
+            assert t["write_buffer"] == 0 and t["write_buffer_high_water"] == 0
+            assert t["reading_paused"] is False and t["writing_paused"] is False
+        assert moved["stats"]["transports_open"] == 2
+        assert s.tables(lid, "transports", "kind=tcp")["total"] == 0
+        ss = wait_samples(s, lid, 3)["since_start"]
+        assert (ss["bytes_in"], ss["bytes_out"]) == (2 * total, 2 * total), ss
+
+        s.send()
+        closed = s.expect("CLOSED")
+        assert closed["stats"]["transports_open"] == 0
+        left = [t for t in s.tables(lid, "transports", "kind=udp")["items"] if t["state"] != "closed"]
+        assert left == [], left
+        # Closed endpoints' bytes stay in the loop's totals.
+        ss = wait_for(lambda: (x := since_start(s, lid))["bytes_in"] == 2 * total and x, what="totals after close")
+        assert ss["bytes_out"] == 2 * total
         s.send()
         s.finish()
 

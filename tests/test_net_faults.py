@@ -2,6 +2,7 @@
 server under fd exhaustion (accept() failing with EMFILE)."""
 
 import asyncio
+import errno
 import json
 import os
 import socket
@@ -91,6 +92,9 @@ def test_peer_reset_while_reading(loop, run):
 
     tr, pr, exc = run(main())
     assert isinstance(exc, ConnectionResetError)
+    # As socket.recv() raises it: OSError(errno, strerror).
+    assert exc.args == (errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+    assert str(exc) == f"[Errno {errno.ECONNRESET}] {os.strerror(errno.ECONNRESET)}"
     assert pr.events == ["made", "data", "lost"]
     assert tr.is_closing()
     assert handler.contexts == []  # OSErrors are not reported to the handler

@@ -54,11 +54,16 @@ FAMILIES = {
     "asyncio_task_steps_total": ("counter", set()),
     "asyncio_transport_active": ("gauge", {"type"}),
     "asyncio_transport_bytes_total": ("counter", {"direction"}),
+    "asyncio_connections_total": ("counter", set()),
     "asyncio_executor_jobs": ("gauge", {"state"}),
     "asyncio_executor_jobs_done_total": ("counter", set()),
     "glassloop_samples_total": ("counter", set()),
     "glassloop_samples_dropped_total": ("counter", set()),
     "glassloop_loop_info": ("gauge", {"name", "pid", "python", "version", "closed"}),
+    "glassloop_server_connections_accepted_total": ("counter", {"server", "kind", "address"}),
+    "glassloop_server_connections_refused_total": ("counter", {"server", "kind", "address"}),
+    "glassloop_server_connections_open": ("gauge", {"server", "kind", "address"}),
+    "glassloop_server_serving": ("gauge", {"server", "kind", "address"}),
 }
 PROCESS_FAMILIES = {
     "glassloop_stream_clients": "gauge",
@@ -75,7 +80,7 @@ PROCESS_FAMILIES = {
 LABEL_VALUES = {
     "state": {"asyncio_eventloop_time_seconds_total": {"active", "idle"}, "asyncio_executor_jobs": {"queued", "running"}},
     "direction": {"asyncio_transport_bytes_total": {"in", "out"}},
-    "type": {"asyncio_transport_active": {"tcp", "unix", "udp", "pipe", "subprocess", "tls"}},
+    "type": {"asyncio_transport_active": {"tcp", "unix", "udp", "pipe_read", "pipe_write", "subprocess", "tls"}},
 }
 
 
@@ -171,6 +176,8 @@ async def main():
     a, b = socket.socketpair()
     ta, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
     tb, _ = await loop.connect_accepted_socket(asyncio.Protocol, b)
+    srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    cr, cw = await asyncio.open_connection(*srv.sockets[0].getsockname()[:2])
     await asyncio.sleep(1.3)     # samples and tables are published
     emit("READY", stats=loop.stats())
     while True:                  # keep working: counters move between scrapes
@@ -254,6 +261,15 @@ def test_metrics_exposition_is_strict_and_complete(tmp_path):
         assert one(fams, "asyncio_slow_callbacks_total", loop=lid) == 1
         assert one(fams, "asyncio_eventloop_stalls_total", loop=lid) == 0
         assert one(fams, "asyncio_task_active", loop=lid) == 2
+        # Two connect_accepted_socket, then the client and the server end of open_connection.
+        assert one(fams, "asyncio_connections_total", loop=lid) == 4
+        # The server: one connection accepted and open, listening on 127.0.0.1.
+        (labels, _), = series(fams, "glassloop_server_serving")
+        assert labels["kind"] == "tcp" and labels["address"].startswith("127.0.0.1:"), labels
+        assert one(fams, "glassloop_server_serving", loop=lid) == 1
+        assert one(fams, "glassloop_server_connections_accepted_total", loop=lid) == 1
+        assert one(fams, "glassloop_server_connections_open", loop=lid) == 1
+        assert one(fams, "glassloop_server_connections_refused_total", loop=lid) == 0
         cum = dict(histogram_buckets(fams, "asyncio_callback_duration_seconds", loop=lid))
         # The 50 ms sleeper is the one callback above 25 ms; it is at most 100 ms.
         assert callbacks - cum[0.025] == 1, cum
@@ -268,9 +284,10 @@ def test_metrics_exposition_is_strict_and_complete(tmp_path):
         # The JSON API says the same (one sample may have arrived in between).
         ss = s.json(f"/api/v1/loops/{lid}")["since_start"]
         assert ss["callbacks"] >= callbacks
-        # Tasks: main, heartbeat and 7 steppers were created; the steppers finished.
-        assert one(fams, "asyncio_task_created_total", loop=lid) == 9
-        assert one(fams, "asyncio_task_finished_total", loop=lid) == 7
+        # Tasks: main, heartbeat and 7 steppers were created; the steppers finished;
+        # so did create_server's getaddrinfo task and the server's accept task.
+        assert one(fams, "asyncio_task_created_total", loop=lid) == 9 + 2
+        assert one(fams, "asyncio_task_finished_total", loop=lid) == 7 + 2
         s.send("stop")
         s.finish()
 

@@ -765,7 +765,7 @@ def test_inspect_returns_everything_as_plain_data(gl, new_loop):
     loop.call_soon(sleeper)
     run_briefly(loop, 2)
     data = gl.inspect(loop)
-    assert set(data) == {"stats", "tasks", "callback_sites", "slow_callbacks"}
+    assert set(data) == {"stats", "tasks", "callback_sites", "slow_callbacks", "transports", "servers"}
     assert data["stats"]["callbacks"] == loop.stats()["callbacks"]
     (row,) = [r for r in data["tasks"] if r["name"] == "parked"]
     assert row.pop("task") is task
@@ -782,3 +782,87 @@ def test_inspect_returns_everything_as_plain_data(gl, new_loop):
             gl.inspect(ref)
     finally:
         ref.close()
+
+
+# ---------------------------------------------------------------------------
+# sock_* calls
+# ---------------------------------------------------------------------------
+
+def test_sock_call_completion_is_a_recorded_run(new_loop):
+    # A sock_recv that waited is finished by the loop as one run (the retried
+    # recv and the future's result), timed like any callback; the fd counts as
+    # registered only while the call waits.
+    loop = new_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    with a, b:
+        base = loop.stats()["fds_registered"]
+        task = loop.create_task(loop.sock_recv(b, 100))
+        run_briefly(loop, 2)
+        assert not task.done()
+        assert loop.stats()["fds_registered"] == base + 1
+        st0 = loop.stats()
+        a.send(b"ping")
+        time.sleep(0.01)
+        run_briefly(loop)  # the poll finds b readable; the run resolves the future
+        st1 = loop.stats()
+        assert st1["callbacks"] - st0["callbacks"] == 1
+        assert st1["callback_duration"]["count"] - st0["callback_duration"]["count"] == 1
+        assert not task.done()  # its step runs next iteration
+        run_briefly(loop)
+        assert task.result() == b"ping"
+        assert loop.stats()["fds_registered"] == base
+
+
+# ---------------------------------------------------------------------------
+# Executor jobs: queued, running, done, and their durations
+# ---------------------------------------------------------------------------
+
+def test_executor_jobs_queued_running_done_and_durations(new_loop):
+    import concurrent.futures
+
+    loop = new_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    gate = threading.Event()
+    started = threading.Event()
+
+    def job(seconds):
+        started.set()
+        gate.wait(10)
+        time.sleep(seconds)
+        return seconds
+
+    async def main():
+        futures = [loop.run_in_executor(pool, job, SLEEP) for _ in range(4)]
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        ex = loop.stats()["executor"]
+        # One worker: the first job runs (held at the gate), three wait for it.
+        assert (ex["queued"], ex["running"], ex["done"]) == (3, 1, 0), ex
+        assert ex["job_duration"]["count"] == 0
+        # A waiting job that is cancelled never runs: it leaves the queue.
+        futures.pop().cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        ex = loop.stats()["executor"]
+        assert (ex["queued"], ex["running"], ex["done"]) == (2, 1, 0), ex
+        gate.set()
+        return await asyncio.gather(*futures)
+
+    assert loop.run_until_complete(main()) == [SLEEP] * 3
+    pool.shutdown()
+    ex = loop.stats()["executor"]
+    assert (ex["queued"], ex["running"], ex["done"]) == (0, 0, 3), ex
+    jd = ex["job_duration"]
+    assert jd["count"] == 3
+    # Every job that ran slept SLEEP (the first also waited at the gate): none under it.
+    assert SLEEP <= jd["p50"] <= jd["max"] < 10, jd
+
+
+def test_executor_jobs_are_counted_with_record_false_but_not_timed(new_loop):
+    loop = new_loop(record=False)
+    assert loop.run_until_complete(loop.run_in_executor(None, sum, [1, 2])) == 3
+    ex = loop.stats()["executor"]
+    assert (ex["queued"], ex["running"], ex["done"]) == (0, 0, 1)
+    assert ex["job_duration"]["count"] == 0

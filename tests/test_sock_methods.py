@@ -794,3 +794,701 @@ def test_loop_sendfile_peer_reset_raises(loop, run, big_file):
 
     exc = run(main())
     assert isinstance(exc, (ConnectionResetError, BrokenPipeError)), repr(exc)
+
+
+# ---------------------------------------------------------------------------
+# Every sock_* method: ready at once (fast path) and after waiting (slow path)
+# ---------------------------------------------------------------------------
+
+def unix_dgram_pair():
+    """A bound Unix datagram socket and a sender (non-blocking), and the path."""
+    path = short_unix_path()
+    b = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    b.bind(path)
+    a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b, path
+
+
+def fill_unix_dgram(a, path):
+    """Send datagrams to `path` until the receiver's queue is full."""
+    sent = 0
+    while True:
+        try:
+            a.sendto(b"filler", path)
+        except BlockingIOError:
+            return sent
+        sent += 1
+
+
+async def wait_pending(task):
+    await asyncio.sleep(0.02)
+    assert not task.done(), "should be waiting for the socket"
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["fast", "slow"])
+def test_sock_recv_paths(loop, run, ready):
+    a, b = tcp_pair()
+
+    async def main():
+        with a, b:
+            if ready:
+                a.send(b"early")
+                await asyncio.sleep(0.01)
+                return await loop.sock_recv(b, 100)
+            t = asyncio.ensure_future(loop.sock_recv(b, 100))
+            await wait_pending(t)
+            a.send(b"late")
+            return await asyncio.wait_for(t, 5)
+
+    assert run(main()) == (b"early" if ready else b"late")
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["fast", "slow"])
+def test_sock_recv_into_paths(loop, run, ready):
+    a, b = tcp_pair()
+
+    async def main():
+        with a, b:
+            buf = bytearray(8)
+            if ready:
+                a.send(b"0123456789")
+                await asyncio.sleep(0.01)
+                n = await loop.sock_recv_into(b, buf)
+            else:
+                t = asyncio.ensure_future(loop.sock_recv_into(b, buf))
+                await wait_pending(t)
+                a.send(b"0123456789")
+                n = await asyncio.wait_for(t, 5)
+            # The rest is still there for the next call, into another kind of buffer.
+            import array
+            arr = array.array("b", [0] * 4)
+            n2 = await loop.sock_recv_into(b, arr)
+            return n, bytes(buf), n2, arr.tobytes()
+
+    assert run(main()) == (8, b"01234567", 2, b"89\x00\x00")
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["fast", "slow"])
+def test_sock_recvfrom_paths(loop, run, ready):
+    a, b = udp_pair()
+
+    async def main():
+        with a, b:
+            if ready:
+                a.sendto(b"early", b.getsockname())
+                await asyncio.sleep(0.01)
+                return await loop.sock_recvfrom(b, 3), a.getsockname()
+            t = asyncio.ensure_future(loop.sock_recvfrom(b, 100))
+            await wait_pending(t)
+            a.sendto(b"late", b.getsockname())
+            return await asyncio.wait_for(t, 5), a.getsockname()
+
+    (data, addr), a_addr = run(main())
+    assert data == (b"ear" if ready else b"late")  # a datagram is cut at bufsize
+    assert addr == a_addr
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["fast", "slow"])
+def test_sock_recvfrom_into_paths(loop, run, ready):
+    a, b = udp_pair()
+
+    async def main():
+        with a, b:
+            buf = bytearray(6)
+            if ready:
+                a.sendto(b"early bird", b.getsockname())
+                await asyncio.sleep(0.01)
+                n, addr = await loop.sock_recvfrom_into(b, buf)
+            else:
+                t = asyncio.ensure_future(loop.sock_recvfrom_into(b, memoryview(buf)[1:], 3))
+                await wait_pending(t)
+                a.sendto(b"late", b.getsockname())
+                n, addr = await asyncio.wait_for(t, 5)
+            return n, bytes(buf), addr, a.getsockname()
+
+    n, buf, addr, a_addr = run(main())
+    assert addr == a_addr
+    if ready:
+        assert (n, buf) == (6, b"early ")
+    else:
+        assert (n, buf) == (3, b"\x00lat\x00\x00")
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["fast", "slow"])
+def test_sock_sendto_paths(loop, run, ready):
+    # A Unix datagram sender waits while the receiver's queue is full.
+    a, b, path = unix_dgram_pair()
+
+    async def main():
+        with a, b:
+            if ready:
+                return await loop.sock_sendto(a, b"now", path), b.recv(100)
+            queued = fill_unix_dgram(a, path)
+            t = asyncio.ensure_future(loop.sock_sendto(a, b"after the queue", path))
+            await wait_pending(t)
+            assert b.recv(100) == b"filler"  # room for one
+            n = await asyncio.wait_for(t, 5)
+            got = [b.recv(100) for _ in range(queued)]
+            return n, got[-1]
+
+    n, last = run(main())
+    assert (n, last) == ((3, b"now") if ready else (15, b"after the queue"))
+
+
+@pytest.mark.parametrize("ready", [True, False], ids=["fast", "slow"])
+def test_sock_accept_paths(loop, run, ready):
+    async def main():
+        lsock = socket.create_server(("127.0.0.1", 0))
+        lsock.setblocking(False)
+        with lsock:
+            if ready:
+                client = socket.create_connection(lsock.getsockname())
+                await asyncio.sleep(0.01)
+                conn, addr = await loop.sock_accept(lsock)
+            else:
+                t = asyncio.ensure_future(loop.sock_accept(lsock))
+                await wait_pending(t)
+                client = socket.create_connection(lsock.getsockname())
+                conn, addr = await asyncio.wait_for(t, 5)
+            with client, conn:
+                return addr == client.getsockname(), conn.gettimeout(), type(conn)
+
+    assert run(main()) == (True, 0.0, socket.socket)
+
+
+def test_sock_connect_unix_then_tcp_waits(loop, run):
+    # A Unix connect to a listener with room completes at once; a TCP one waits
+    # for the handshake (EINPROGRESS, then writable).
+    path = short_unix_path()
+
+    async def main():
+        with socket.socket(socket.AF_UNIX) as ul, socket.create_server(("127.0.0.1", 0)) as tl:
+            ul.bind(path)
+            ul.listen(1)
+            u = socket.socket(socket.AF_UNIX)
+            u.setblocking(False)
+            t = socket.socket()
+            t.setblocking(False)
+            with u, t:
+                r1 = await loop.sock_connect(u, path)
+                r2 = await asyncio.wait_for(loop.sock_connect(t, tl.getsockname()), 5)
+                return r1, r2, u.getpeername() == path, t.getpeername() == tl.getsockname()
+
+    assert run(main()) == (None, None, True, True)
+
+
+def test_sock_connect_resolves_names(loop, run, monkeypatch):
+    # asyncio resolves through loop.getaddrinfo (in the executor), never blocking.
+    seen = []
+    real = loop.getaddrinfo
+
+    async def spy(host, port, **kwargs):
+        seen.append((host, port))
+        return await real(host, port, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", spy)
+
+    async def main():
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            port = lsock.getsockname()[1]
+            s = socket.socket()
+            s.setblocking(False)
+            with s:
+                await asyncio.wait_for(loop.sock_connect(s, ("localhost", port)), 5)
+                peer = s.getpeername()
+            s2 = socket.socket()
+            s2.setblocking(False)
+            with s2:
+                # A numeric address needs no lookup.
+                await asyncio.wait_for(loop.sock_connect(s2, ("127.0.0.1", port)), 5)
+            return peer, port
+
+    peer, port = run(main())
+    assert peer == ("127.0.0.1", port)
+    assert seen == [("localhost", port)]
+
+
+def test_sock_sendall_partial_then_rest_on_writable(loop, run):
+    # More than the kernel holds: part goes at once, the rest as the peer reads.
+    data = os.urandom(8 * 1024 * 1024)
+    a, b = tcp_pair()
+
+    async def main():
+        with a, b:
+            send = asyncio.ensure_future(loop.sock_sendall(a, memoryview(data)))
+            await wait_pending(send)
+            h = hashlib.sha256()
+            n = 0
+            while n < len(data):
+                chunk = await loop.sock_recv(b, 1 << 16)
+                h.update(chunk)
+                n += len(chunk)
+            await asyncio.wait_for(send, 5)
+            return n, h.hexdigest()
+
+    assert run(main()) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+# ---------------------------------------------------------------------------
+# Cancelling a waiting call leaves the socket usable and unwatched
+# ---------------------------------------------------------------------------
+
+def _cancel_case(kind):
+    """(sockets to close, start a waiting op, make the next op succeed, side)."""
+    if kind in ("recv", "recv_into"):
+        a, b = tcp_pair()
+        op = (lambda lp: lp.sock_recv(b, 100)) if kind == "recv" else (lambda lp: lp.sock_recv_into(b, bytearray(100)))
+
+        async def second(lp):
+            a.send(b"second")
+            got = await asyncio.wait_for(op(lp), 5)
+            return got if isinstance(got, bytes) else b"second"[:got]
+        return (a, b), b, op, second, "r", b"second"
+    if kind in ("recvfrom", "recvfrom_into"):
+        a, b = udp_pair()
+        if kind == "recvfrom":
+            op = lambda lp: lp.sock_recvfrom(b, 100)
+        else:
+            op = lambda lp: lp.sock_recvfrom_into(b, bytearray(100))
+
+        async def second(lp):
+            a.sendto(b"second", b.getsockname())
+            got = await asyncio.wait_for(op(lp), 5)
+            return got[0] if isinstance(got[0], bytes) else b"second"[:got[0]]
+        return (a, b), b, op, second, "r", b"second"
+    if kind == "accept":
+        lsock = socket.create_server(("127.0.0.1", 0))
+        lsock.setblocking(False)
+        clients = []
+
+        async def second(lp):
+            clients.append(socket.create_connection(lsock.getsockname()))
+            conn, _ = await asyncio.wait_for(lp.sock_accept(lsock), 5)
+            conn.close()
+            clients[0].close()
+            return b"second"
+        return (lsock,), lsock, lambda lp: lp.sock_accept(lsock), second, "r", b"second"
+    if kind == "sendall":
+        a, b = tcp_pair()
+        big = b"x" * (16 * 1024 * 1024)
+
+        async def second(lp):
+            # Drain what the cancelled call got into the kernel, then send again.
+            while True:
+                try:
+                    b.recv(1 << 20)
+                except BlockingIOError:
+                    break
+            await asyncio.wait_for(lp.sock_sendall(a, b"second"), 5)
+            got = b""
+            while not got.endswith(b"second"):
+                got += await asyncio.wait_for(lp.sock_recv(b, 1 << 20), 5)
+            return b"second"
+        return (a, b), a, lambda lp: lp.sock_sendall(a, big), second, "w", b"second"
+    if kind == "sendto":
+        a, b, path = unix_dgram_pair()
+        fill_unix_dgram(a, path)
+
+        async def second(lp):
+            while True:
+                try:
+                    b.recv(100)
+                except BlockingIOError:
+                    break
+            await asyncio.wait_for(lp.sock_sendto(a, b"second", path), 5)
+            return b.recv(100)
+        return (a, b), a, lambda lp: lp.sock_sendto(a, b"first", path), second, "w", b"second"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["recv", "recv_into", "recvfrom", "recvfrom_into",
+                                  "accept", "sendall", "sendto"])
+def test_cancelled_call_leaves_socket_usable_and_unwatched(loop, run, kind):
+    socks, watched, op, second, side, expected = _cancel_case(kind)
+
+    async def main():
+        try:
+            t = asyncio.ensure_future(op(loop))
+            await wait_pending(t)
+            t.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await t
+            # Nothing is watching the fd any more (asyncio: the reader/writer was removed).
+            remove = loop.remove_reader if side == "r" else loop.remove_writer
+            unwatched = remove(watched) is False
+            return unwatched, await second(loop)
+        finally:
+            for s in socks:
+                s.close()
+
+    assert run(main()) == (True, expected)
+
+
+def test_cancelled_sock_connect_leaves_no_writer(loop, run):
+    # A listener whose accept queue is full drops new SYNs: the connect waits.
+    async def main():
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(0)
+        fillers = []
+        with lsock:
+            try:
+                for _ in range(8):
+                    c = socket.socket()
+                    c.setblocking(False)
+                    fillers.append(c)
+                    try:
+                        c.connect(lsock.getsockname())
+                    except BlockingIOError:
+                        pass
+                await asyncio.sleep(0.05)
+                s = socket.socket()
+                s.setblocking(False)
+                with s:
+                    t = asyncio.ensure_future(loop.sock_connect(s, lsock.getsockname()))
+                    await wait_pending(t)
+                    t.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await t
+                    return loop.remove_writer(s) is False
+            finally:
+                for c in fillers:
+                    c.close()
+
+    assert run(main()) is True
+
+
+def test_second_reader_replaces_the_first_as_in_asyncio(loop, run):
+    # asyncio's sock_recv is an add_reader: a second call on the fd replaces the
+    # first, which is left waiting until cancelled.
+    a, b = tcp_pair()
+
+    async def main():
+        with a, b:
+            first = asyncio.ensure_future(loop.sock_recv(b, 100))
+            await wait_pending(first)
+            second = asyncio.ensure_future(loop.sock_recv(b, 100))
+            await wait_pending(second)
+            a.send(b"one")
+            got = await asyncio.wait_for(second, 5)
+            await asyncio.sleep(0.02)
+            first_done = first.done()
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            a.send(b"two")
+            again = await asyncio.wait_for(loop.sock_recv(b, 100), 5)
+            return got, first_done, again
+
+    assert run(main()) == (b"one", False, b"two")
+
+
+def test_add_reader_replaces_waiting_sock_recv_and_back(loop, run):
+    a, b = tcp_pair()
+
+    async def main():
+        with a, b:
+            # A reader installed over a waiting sock_recv takes the fd's events.
+            t = asyncio.ensure_future(loop.sock_recv(b, 100))
+            await wait_pending(t)
+            fired = asyncio.Event()
+            loop.add_reader(b, fired.set)
+            a.send(b"x")
+            await asyncio.wait_for(fired.wait(), 5)
+            assert not t.done()
+            assert loop.remove_reader(b) is True
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+            assert b.recv(10) == b"x"
+            # A sock_recv over an installed reader replaces it, and removes itself when done.
+            calls = []
+            loop.add_reader(b, calls.append, 1)
+            t2 = asyncio.ensure_future(loop.sock_recv(b, 100))
+            await asyncio.sleep(0.01)
+            a.send(b"y")
+            got = await asyncio.wait_for(t2, 5)
+            return got, calls, loop.remove_reader(b)
+
+    assert run(main()) == (b"y", [], False)
+
+
+# ---------------------------------------------------------------------------
+# Bulk data, errors, bad arguments
+# ---------------------------------------------------------------------------
+
+def test_64mib_through_sock_sendall_and_sock_recv_into(loop, run):
+    import random
+    rng = random.Random(7)
+    data = rng.randbytes(64 * 1024 * 1024)
+    a, b = tcp_pair()
+
+    async def sender():
+        pos = 0
+        view = memoryview(data)
+        while pos < len(data):
+            size = rng.choice((1, 100, 4096, 65536, 1 << 20, 3 << 20))
+            await loop.sock_sendall(a, view[pos:pos + size])
+            pos += size
+        a.shutdown(socket.SHUT_WR)
+
+    async def receiver():
+        h = hashlib.sha256()
+        buf = bytearray(1 << 20)
+        total = 0
+        sizes = (1, 7, 1000, 65536, 1 << 20)
+        while True:
+            size = sizes[total % len(sizes)]
+            n = await loop.sock_recv_into(b, memoryview(buf)[:size])
+            if n == 0:
+                return total, h.hexdigest()
+            h.update(memoryview(buf)[:n])
+            total += n
+
+    async def main():
+        with a, b:
+            r = asyncio.ensure_future(receiver())
+            await sender()
+            return await asyncio.wait_for(r, 60)
+
+    assert run(main()) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_reset_connection_raises_connection_reset(loop, run):
+    import struct
+
+    def reset(s):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+
+    async def main():
+        errors = []
+        # At once: the reset is already there.
+        a, b = tcp_pair()
+        with b:
+            reset(a)
+            await asyncio.sleep(0.01)
+            with pytest.raises(ConnectionResetError) as ei:
+                await loop.sock_recv(b, 100)
+            errors.append(ei.value.errno)
+        # While waiting.
+        a, b = tcp_pair()
+        with b:
+            t = asyncio.ensure_future(loop.sock_recv_into(b, bytearray(10)))
+            await wait_pending(t)
+            reset(a)
+            with pytest.raises(ConnectionResetError) as ei:
+                await asyncio.wait_for(t, 5)
+            errors.append(ei.value.errno)
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                await loop.sock_sendall(b, b"x" * 100)
+        return errors
+
+    import errno
+    assert run(main()) == [errno.ECONNRESET, errno.ECONNRESET]
+
+
+def test_sock_methods_on_closed_socket_raise_ebadf(loop, run):
+    import errno
+    a, b = tcp_pair()
+    a.close()
+    b.close()
+
+    async def main():
+        out = []
+        for call in (lambda: loop.sock_recv(b, 10), lambda: loop.sock_recv_into(b, bytearray(2)),
+                     lambda: loop.sock_sendall(b, b"x")):
+            with pytest.raises(OSError) as ei:
+                await call()
+            out.append((type(ei.value), ei.value.errno))
+        return out
+
+    assert run(main()) == [(OSError, errno.EBADF)] * 3
+
+
+def test_socket_closed_while_waiting_then_fd_reused(loop, run):
+    # A socket closed under a waiting sock_recv never wakes it (as in asyncio);
+    # cancelling it is clean, and a new socket on the same fd number works.
+    async def main():
+        a, b = tcp_pair()
+        fd = b.fileno()
+        t = asyncio.ensure_future(loop.sock_recv(b, 100))
+        await wait_pending(t)
+        b.close()
+        a.close()
+        await asyncio.sleep(0.01)
+        assert not t.done()
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+        reused = 0
+        for _ in range(3):
+            c, d = tcp_pair()
+            with c, d:
+                reused += fd in (c.fileno(), d.fileno())
+                for x, y in ((c, d), (d, c)):
+                    r = asyncio.ensure_future(loop.sock_recv(y, 100))
+                    await wait_pending(r)
+                    x.send(b"fresh")
+                    assert await asyncio.wait_for(r, 5) == b"fresh"
+        return reused > 0
+
+    assert run(main()) is True
+
+
+def test_fd_reused_after_completed_calls(loop, run):
+    # After sock_* calls on a socket finished and it was closed, a new socket on
+    # the same fd number must be watched afresh.
+    async def main():
+        reused = 0
+        for i in range(5):
+            c, d = tcp_pair()
+            with c, d:
+                fds = (c.fileno(), d.fileno())
+                for j in range(3):
+                    r = asyncio.ensure_future(loop.sock_recv(d, 100))
+                    await asyncio.sleep(0.005)
+                    c.send(b"%d" % j)
+                    assert await asyncio.wait_for(r, 5) == b"%d" % j
+                    w = asyncio.ensure_future(loop.sock_recv(c, 100))
+                    await asyncio.sleep(0.005)
+                    await loop.sock_sendall(d, b"back")
+                    assert await asyncio.wait_for(w, 5) == b"back"
+            if i:
+                reused += fds == previous
+            previous = fds
+        return reused
+
+    assert run(main()) >= 1
+
+
+def test_sock_methods_reject_ssl_sockets(loop, run):
+    import ssl
+    ctx = ssl.create_default_context()
+    s = ctx.wrap_socket(socket.socket(), server_hostname="example.invalid", do_handshake_on_connect=False)
+
+    async def main():
+        calls = [loop.sock_recv(s, 1), loop.sock_recv_into(s, bytearray(1)),
+                 loop.sock_recvfrom(s, 1), loop.sock_recvfrom_into(s, bytearray(1)),
+                 loop.sock_sendall(s, b"x"), loop.sock_sendto(s, b"x", ("127.0.0.1", 9)),
+                 loop.sock_accept(s), loop.sock_connect(s, ("127.0.0.1", 9))]
+        messages = []
+        for c in calls:
+            with pytest.raises(TypeError) as ei:
+                await c
+            messages.append(str(ei.value))
+        return messages
+
+    with s:
+        assert run(main()) == ["Socket cannot be of type SSLSocket"] * 8
+
+
+def test_sock_methods_bad_arguments(loop, run):
+    a, b = tcp_pair()
+
+    async def main():
+        with a, b:
+            with pytest.raises(ValueError, match="negative buffersize"):
+                await loop.sock_recv(b, -1)
+            with pytest.raises(TypeError):
+                await loop.sock_recv(b, "10")
+            with pytest.raises(TypeError, match="read-write bytes-like object"):
+                await loop.sock_recv_into(b, b"immutable")
+            with pytest.raises(TypeError, match="bytes-like object is required"):
+                await loop.sock_sendall(a, 123)
+            with pytest.raises(AttributeError):
+                await loop.sock_recv(object(), 10)
+
+    run(main())
+
+
+@pytest.mark.parametrize("method", ["recv", "recv_into", "recvfrom", "recvfrom_into",
+                                    "sendall", "sendto", "accept", "connect"])
+def test_every_sock_method_needs_nonblocking_socket_in_debug(loop, run, method):
+    loop.set_debug(True)
+    calls = {
+        "recv": lambda s: loop.sock_recv(s, 10),
+        "recv_into": lambda s: loop.sock_recv_into(s, bytearray(10)),
+        "recvfrom": lambda s: loop.sock_recvfrom(s, 10),
+        "recvfrom_into": lambda s: loop.sock_recvfrom_into(s, bytearray(10)),
+        "sendall": lambda s: loop.sock_sendall(s, b"x"),
+        "sendto": lambda s: loop.sock_sendto(s, b"x", ("127.0.0.1", 9)),
+        "accept": lambda s: loop.sock_accept(s),
+        "connect": lambda s: loop.sock_connect(s, ("127.0.0.1", 9)),
+    }
+
+    async def main():
+        with socket.socket() as s:
+            with pytest.raises(ValueError, match="the socket must be non-blocking"):
+                await calls[method](s)
+
+    run(main())
+
+
+def test_sock_recv_on_transport_socket_raises(loop, run):
+    async def main():
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        sock = socket.create_connection(server.sockets[0].getsockname())
+        sock.setblocking(False)
+        tr, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+        try:
+            with pytest.raises(RuntimeError) as ei:
+                await loop.sock_recv(sock, 10)
+            return str(ei.value), sock.fileno()
+        finally:
+            tr.close()
+            server.close()
+            await server.wait_closed()
+
+    msg, fd = run(main())
+    assert msg.startswith(f"File descriptor {fd} is used by transport ")
+
+
+def test_sock_calls_on_closed_loop(loop):
+    # The syscall is tried first (data already there is returned), waiting raises.
+    a, b = tcp_pair()
+    with a, b:
+        loop.close()
+        a.send(b"ready")
+        time.sleep(0.01)
+        coro = loop.sock_recv(b, 100)
+        with pytest.raises(StopIteration) as si:
+            coro.send(None)
+        assert si.value.value == b"ready"
+        coro = loop.sock_recv(b, 100)
+        with pytest.raises(RuntimeError, match="Event loop is closed"):
+            coro.send(None)
+
+
+def test_loop_closed_with_waiting_calls(loop_factory):
+    # Closing a loop drops its waiting calls (their futures stay pending, as in
+    # asyncio); closing their coroutines afterwards is clean, and the sockets
+    # work on another loop.
+    a, b = tcp_pair()
+    c, d = tcp_pair()
+    with a, b, c, d:
+        lp = loop_factory()
+        t = lp.create_task(lp.sock_recv(b, 100))
+        w = lp.create_task(lp.sock_sendall(c, b"y" * (32 * 1024 * 1024)))
+        lp.run_until_complete(asyncio.sleep(0.02))
+        assert not t.done() and not w.done()
+        lp.close()
+        t.get_coro().close()  # as the garbage collector would
+        w.get_coro().close()
+        del t, w
+        lp2 = loop_factory()
+        try:
+            async def again():
+                r = asyncio.ensure_future(lp2.sock_recv(b, 100))
+                await asyncio.sleep(0.01)
+                await lp2.sock_sendall(a, b"after close")
+                first = await asyncio.wait_for(r, 5)
+                # d still has the y's that went before the close: read past them.
+                got, total = b"", 0
+                send = asyncio.ensure_future(lp2.sock_sendall(c, b"end"))
+                while not got.endswith(b"end"):
+                    got = (got + await asyncio.wait_for(lp2.sock_recv(d, 1 << 20), 5))[-16:]
+                await send
+                return first
+            assert lp2.run_until_complete(again()) == b"after close"
+        finally:
+            lp2.close()

@@ -236,8 +236,10 @@ class Sender:
     """Mixin: sends ``data`` in random chunks, honouring pause/resume_writing,
     then write_eof(); randomly pauses its own reading (a slow reader)."""
 
-    def __init__(self, loop, data, seed, writelines=False):
+    def __init__(self, loop, data, seed, writelines=False, echo_paused=None):
         self.loop = loop
+        # Whether the echo side has paused its writing (ends the slow start).
+        self.echo_paused = echo_paused or (lambda: True)
         self.data = memoryview(data)
         self.rng = random.Random(seed)
         self.writelines = writelines
@@ -258,7 +260,7 @@ class Sender:
         self.transport = transport
         # A slow start: we do not read until every stage is full -- the echo
         # side paused (its writes back to us stall), stopped reading, and so
-        # our own writes stall: our first pause_writing() ends the slow start.
+        # our own writes stall: once both have paused, the slow start ends.
         self.slow_start = True
         self._pause_reading_for(10.0)
         self.loop.call_soon(self.pump)
@@ -292,7 +294,15 @@ class Sender:
         self.pauses += 1
         if self.slow_start:
             self.slow_start = False
+            self._end_slow_start()
+
+    def _end_slow_start(self):
+        # Our writes can stall first (one pump() fills the kernel before the echo
+        # side reads at all): keep not reading until the echo side stalls too.
+        if self.echo_paused():
             self.loop.call_later(0.02, self._resume_reading)
+        elif self.reading_paused:
+            self.loop.call_later(0.005, self._end_slow_start)
 
     def resume_writing(self):
         if not self.paused:
@@ -384,7 +394,8 @@ async def _echo_roundtrip(loop, kind, sender_cls, server_cls, size, writelines=F
     server, addr = await serve(loop, kind, server_factory)
     try:
         tr, client = await connect(
-            loop, kind, lambda: sender_cls(loop, data, seed=7, writelines=writelines), addr)
+            loop, kind, lambda: sender_cls(loop, data, seed=7, writelines=writelines,
+                                           echo_paused=lambda: any(s.pauses for s in servers)), addr)
         exc = await asyncio.wait_for(client.done, 30)
     finally:
         server.close()
@@ -494,6 +505,38 @@ def test_callback_order_peer_sends_then_closes(loop, run, kind):
     assert bytes(pr.data) == b"hello world"
     assert pr.events == ["made", "data", "eof", "lost"]
     assert tr.is_closing()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_data_arriving_during_an_iteration_is_read_at_the_next_poll(loop, run, kind):
+    """A transport is read once per iteration, as a selector reports an fd once:
+    what the peer sends while callbacks run is read at the next poll, after the
+    callbacks scheduled meanwhile (here: after a resume_reading, whose catch-up
+    read must not add a second read to the iteration)."""
+    async def main():
+        order = []
+        done = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def data_received(self, data):
+                order.append(data)
+                if data == b"1":
+                    loop.call_soon(order.append, "soon")
+                    peer.sendall(b"2")
+                elif not done.done():
+                    done.set_result(None)
+
+        tr, _, peer = await connected_to_plain_peer(loop, kind, Probe)
+        tr.pause_reading()
+        await asyncio.sleep(0)
+        tr.resume_reading()
+        peer.sendall(b"1")
+        await asyncio.wait_for(done, 5)
+        tr.close()
+        peer.close()
+        return order
+
+    assert run(main()) == [b"1", "soon", b"2"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

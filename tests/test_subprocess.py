@@ -395,6 +395,54 @@ def test_signal_after_exit(loop, run):
     assert got == run_on_asyncio(scenario)
 
 
+def test_signal_between_exit_and_connection_lost(loop, run):
+    """In process_exited() the child is reaped but the transport not finished:
+    kill(), terminate() and send_signal() do nothing (the Popen knows its
+    returncode); after connection_lost() they raise ProcessLookupError."""
+    async def scenario(lp):
+        out = []
+
+        class Proto(asyncio.SubprocessProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                self.done = lp.create_future()
+
+            def process_exited(self):
+                for how in ("send_signal", "terminate", "kill"):
+                    try:
+                        if how == "send_signal":
+                            self.transport.send_signal(signal.SIGTERM)
+                        else:
+                            getattr(self.transport, how)()
+                        out.append(("exited", how, None))
+                    except Exception as e:
+                        out.append(("exited", how, type(e).__name__))
+
+            def connection_lost(self, exc):
+                self.done.set_result(None)
+
+        tr, proto = await lp.subprocess_exec(Proto, "sh", "-c", "exit 3", stdin=DEVNULL, stdout=PIPE, stderr=DEVNULL)
+        await asyncio.wait_for(proto.done, 10)
+        for how in ("send_signal", "terminate", "kill"):
+            try:
+                if how == "send_signal":
+                    tr.send_signal(signal.SIGTERM)
+                else:
+                    getattr(tr, how)()
+                out.append(("lost", how, None))
+            except Exception as e:
+                out.append(("lost", how, type(e).__name__))
+        out.append(tr.get_returncode())
+        tr.close()
+        return out
+
+    got = run(scenario(loop))
+    assert got == [("exited", "send_signal", None), ("exited", "terminate", None), ("exited", "kill", None),
+                   ("lost", "send_signal", "ProcessLookupError"), ("lost", "terminate", "ProcessLookupError"),
+                   ("lost", "kill", "ProcessLookupError"), 3]
+    assert got == run_on_asyncio(scenario)
+
+
 # ---------------------------------------------------------------------------
 # loop.subprocess_exec / _shell and the transport API
 # ---------------------------------------------------------------------------
@@ -728,3 +776,279 @@ def test_subprocess_thread_and_main_loop_together(loop, run, loop_factory):
     t.join(60)
     assert results["thread"] == (b"thrthr", 0, 6, -9)
     assert results["main"] == (b"mainmain", 0, 6, -9)
+
+
+# ---------------------------------------------------------------------------
+# How the loop learns that a child exited: one pid at a time, no thread per
+# child on glassloop (a pidfd on the reactor), never reaping other children
+# ---------------------------------------------------------------------------
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _open_pidfds():
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink("/proc/self/fd/" + fd) == "anon_inode:[pidfd]"
+        except FileNotFoundError:  # listdir's own fd
+            pass
+    return n
+
+
+def _is_zombie(pid):
+    """True once `pid` has exited and waits to be reaped."""
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _wait_until_zombie(pid):
+    deadline = time.monotonic() + 10
+    while not _is_zombie(pid):
+        assert time.monotonic() < deadline, "child %d did not exit" % pid
+        time.sleep(0.005)
+
+
+def _make_default_child_watcher():
+    """Make asyncio's default policy create its own child watcher now (asyncio's
+    loops do so on their first subprocess), as a program mixing loops would."""
+    import warnings
+    if hasattr(asyncio, "get_child_watcher"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.get_event_loop_policy().get_child_watcher()
+
+
+def test_children_not_ours_keep_their_status(loop, run):
+    """A child started with plain subprocess.Popen is not reaped by the loop
+    while the loop's own children come and go: its wait() gets its status."""
+    foreign = subprocess.Popen(["sh", "-c", "sleep 0.3; exit 3"])
+    early = subprocess.Popen(["sh", "-c", "exit 4"])
+    _wait_until_zombie(early.pid)  # a zombie that is not the loop's, from the start
+
+    async def main():
+        async def one(i):
+            proc = await asyncio.create_subprocess_shell("sleep %s; exit %d" % (0.1 * (i % 7), i))
+            return await asyncio.wait_for(proc.wait(), 20)
+        codes = await asyncio.gather(*(one(i) for i in range(20)))
+        assert codes == list(range(20))
+        assert _is_zombie(early.pid)  # still there for its Popen
+        return codes
+
+    run(main())
+    assert foreign.wait(10) == 3
+    assert early.wait(10) == 4
+
+
+def test_no_fd_left_after_children(loop, run):
+    async def main():
+        before = _open_fds()
+        procs = [await asyncio.create_subprocess_exec("sleep", "0.2") for _ in range(20)]
+        assert await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 20) == [0] * 20
+        return before, _open_fds()
+
+    before, after = run(main())
+    assert after == before
+
+
+def test_no_child_watcher_deprecation_warning(loop, run):
+    import warnings
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec("true")
+        return await asyncio.wait_for(proc.wait(), 10)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run(main()) == 0
+    assert [str(w.message) for w in caught if "watcher" in str(w.message)] == []
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "set_child_watcher"), reason="no child watchers in this Python")
+def test_child_watcher_chosen_by_program_is_used(loop, run, restore_policy):
+    """A child watcher the program installed itself is the one that watches."""
+    import warnings
+
+    with warnings.catch_warnings():  # the watcher classes and API are deprecated from 3.12 on
+        warnings.simplefilter("ignore", DeprecationWarning)
+
+        class Recording(asyncio.ThreadedChildWatcher):
+            def __init__(self):
+                super().__init__()
+                self.pids = []
+
+            def add_child_handler(self, pid, callback, *args):
+                self.pids.append(pid)
+                super().add_child_handler(pid, callback, *args)
+
+        watcher = Recording()
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+        asyncio.set_child_watcher(watcher)
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec("sh", "-c", "exit 3")
+        return proc.pid, await asyncio.wait_for(proc.wait(), 10)
+
+    pid, rc = run(main())
+    assert rc == 3
+    assert watcher.pids == [pid]
+
+
+def test_glassloop_no_thread_per_child(glassloop):
+    """20 children running at once add no thread, even with asyncio's default
+    child watcher already made (glassloop does not use it)."""
+    _make_default_child_watcher()
+
+    async def main():
+        threads = threading.active_count()
+        procs = [await asyncio.create_subprocess_exec("sleep", "0.5") for _ in range(20)]
+        during = threading.active_count()
+        assert all(p.returncode is None for p in procs)
+        codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 20)
+        return threads, during, codes
+
+    with asyncio.Runner(loop_factory=glassloop.new_event_loop) as runner:
+        threads, during, codes = runner.run(main())
+    assert codes == [0] * 20
+    assert during == threads
+
+
+def test_glassloop_child_in_thread_loop_adds_no_thread(glassloop):
+    results = {}
+
+    def worker():
+        async def main():
+            threads = threading.active_count()
+            procs = [await asyncio.create_subprocess_exec("sh", "-c", "sleep 0.3; exit 2") for _ in range(10)]
+            during = threading.active_count()
+            return threads, during, await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 20)
+        with asyncio.Runner(loop_factory=glassloop.new_event_loop) as runner:
+            results["out"] = runner.run(main())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(60)
+    threads, during, codes = results["out"]
+    assert codes == [2] * 10
+    assert during == threads
+
+
+def test_glassloop_child_zombie_before_watch(glassloop, monkeypatch):
+    """A child that has already exited (a zombie) when its pidfd is opened is
+    reported with its own status."""
+    from glassloop import _children
+    real = _children.pidfd_open
+    seen = []
+
+    def late_pidfd_open(pid, *args):
+        _wait_until_zombie(pid)
+        seen.append(pid)
+        return real(pid, *args)
+
+    monkeypatch.setattr(_children, "pidfd_open", late_pidfd_open)
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec("sh", "-c", "exit 6", stdout=PIPE)
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        killed = await asyncio.create_subprocess_exec(*PY, "import os; os.kill(os.getpid(), 9)")
+        return proc.pid, out, proc.returncode, killed.pid, await asyncio.wait_for(killed.wait(), 10)
+
+    with asyncio.Runner(loop_factory=glassloop.new_event_loop) as runner:
+        pid, out, rc, kpid, krc = runner.run(main())
+    assert seen == [pid, kpid]
+    assert (out, rc, krc) == (b"", 6, -9)
+
+
+def test_glassloop_child_reaped_before_watch(glassloop, monkeypatch, caplog):
+    """A child someone else reaped before the loop could open its pidfd
+    (ESRCH): its status is lost, reported as 255 with a warning (as asyncio's
+    watchers report a status read elsewhere); the loop goes on."""
+    from glassloop import _children
+    real = _children.pidfd_open
+
+    def reaped_first(pid, *args):
+        os.waitpid(pid, 0)
+        return real(pid, *args)
+
+    async def main():
+        monkeypatch.setattr(_children, "pidfd_open", reaped_first)
+        lost = await asyncio.create_subprocess_exec("sh", "-c", "exit 3")
+        monkeypatch.setattr(_children, "pidfd_open", real)
+        ok = await asyncio.create_subprocess_exec("sh", "-c", "exit 4")
+        return await asyncio.wait_for(asyncio.gather(lost.wait(), ok.wait()), 10), lost.pid
+
+    with caplog.at_level("WARNING", logger="asyncio"):
+        with asyncio.Runner(loop_factory=glassloop.new_event_loop) as runner:
+            codes, pid = runner.run(main())
+    assert codes == [255, 4]
+    assert "pid %d exit status already read" % pid in caplog.text
+
+
+def test_glassloop_status_collected_by_popen_first(glassloop):
+    """The child exits and, before the loop hears of it, send_signal() makes
+    the Popen collect the status (Popen.poll()): wait() still returns the
+    child's own code. (asyncio's PidfdChildWatcher reports 255 here.)"""
+    async def main():
+        proc = await asyncio.create_subprocess_exec("sh", "-c", "sleep 0.2; exit 5")
+        _wait_until_zombie(proc.pid)  # no await: the loop cannot look meanwhile
+        proc.send_signal(signal.SIGTERM)  # Popen.poll() reaps; no signal is sent
+        return await asyncio.wait_for(proc.wait(), 10)
+
+    with asyncio.Runner(loop_factory=glassloop.new_event_loop) as runner:
+        assert runner.run(main()) == 5
+
+
+def test_glassloop_close_with_children_running(glassloop):
+    """Closing the loop while children run closes their pidfds (no fd left);
+    the children stay the Popen objects' to kill and reap."""
+    loop = glassloop.new_event_loop()
+    try:
+        async def start():
+            return [(await loop.subprocess_exec(
+                asyncio.SubprocessProtocol, "sleep", "30", stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL))[0]
+                    for _ in range(5)]
+
+        before, pidfds_before = _open_fds(), _open_pidfds()
+        transports = loop.run_until_complete(start())
+        assert (_open_fds(), _open_pidfds()) == (before + 5, pidfds_before + 5)  # a pidfd per child
+    finally:
+        loop.close()
+    assert _open_pidfds() == pidfds_before
+    for tr in transports:
+        tr.kill()
+        assert tr.get_extra_info("subprocess").wait(10) == -signal.SIGKILL
+        tr.close()
+
+
+@pytest.mark.parametrize("unavailable", ["missing", "ENOSYS"])
+def test_glassloop_fallback_without_pidfd(glassloop, monkeypatch, unavailable):
+    """Without pidfds each child is watched by a thread blocked in
+    waitpid(pid): exits, signals, communicate() and loops in threads work the
+    same, and only the loop's own children are reaped."""
+    import errno
+    from glassloop import _children
+
+    if unavailable == "missing":
+        monkeypatch.setattr(_children, "pidfd_open", None)
+    else:
+        def enosys(pid, *args):
+            raise OSError(errno.ENOSYS, "Function not implemented")
+        monkeypatch.setattr(_children, "pidfd_open", enosys)
+
+    foreign = subprocess.Popen(["sh", "-c", "sleep 0.2; exit 3"])
+
+    async def main():
+        threads = threading.active_count()
+        procs = [await asyncio.create_subprocess_exec("sh", "-c", "sleep 0.3; exit %d" % i) for i in range(5)]
+        during = threading.active_count()
+        codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 20)
+        return (threads, during, codes) + await _thread_job("fb")
+
+    with asyncio.Runner(loop_factory=glassloop.new_event_loop) as runner:
+        threads, during, codes, *job = runner.run(main())
+    assert during == threads + 5
+    assert codes == list(range(5))
+    assert job == [b"fbfb", 0, 6, -9]
+    assert foreign.wait(10) == 3
+    assert _children.pidfd_open is None  # ENOSYS: not tried again

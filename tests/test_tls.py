@@ -1644,3 +1644,342 @@ def test_tls_peer_closes_without_close_notify(loop, run, certs):
     got = run(scenario(loop))
     assert got[0] == b"bye"
     assert got == run_on_asyncio(scenario)
+
+
+# ---------------------------------------------------------------------------
+# The socket under TLS, flow control both ways, shutdown from either side
+# ---------------------------------------------------------------------------
+
+def test_tls_raw_transport_is_the_loops_socket_transport(loop, run, loop_name, certs):
+    """ssl= puts asyncio's SSLProtocol over the loop's own socket transport: on
+    glassloop the Rust StreamTransport (as start_tls does), on asyncio its
+    selector transport; both ends, client and server, TCP and Unix."""
+    async def main():
+        path = short_unix_path()
+        accepted = []
+        tcp = await loop.create_server(lambda: _Accepted(accepted), "127.0.0.1", 0, ssl=server_ctx(certs))
+        unix = await loop.create_unix_server(lambda: _Accepted(accepted), path, ssl=server_ctx(certs))
+        port = tcp.sockets[0].getsockname()[1]
+        t1, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port,
+                                             ssl=client_ctx(certs), server_hostname="localhost")
+        t2, _ = await loop.create_unix_connection(asyncio.Protocol, path,
+                                                  ssl=client_ctx(certs), server_hostname="localhost")
+        for _ in range(1000):
+            if len(accepted) == 2:
+                break
+            await asyncio.sleep(0.005)
+        raw = [type(t._ssl_protocol._transport).__name__ for t in (t1, t2, *accepted)]
+        for t in (t1, t2, *accepted):
+            t.close()
+        for srv in (tcp, unix):
+            srv.close()
+            await srv.wait_closed()
+        return raw
+
+    expected = "StreamTransport" if loop_name == "glassloop" else "_SelectorSocketTransport"
+    assert run(main()) == [expected] * 4
+
+
+class _Accepted(asyncio.Protocol):
+    def __init__(self, into):
+        self.into = into
+
+    def connection_made(self, transport):
+        self.into.append(transport)
+
+
+class _FlowEcho(asyncio.Protocol):
+    """One end of the 16 MiB test: hashes what it receives, echoes it back when
+    `echo`, pauses its reading now and then (every `pause_every`-th
+    data_received, for a little while), and follows write flow control: an
+    echoing end stops reading while its writes are paused."""
+
+    def __init__(self, loop, echo, pause_every, pause_for):
+        self.loop, self.echo = loop, echo
+        self.pause_every, self.pause_for = pause_every, pause_for
+        self.hash = hashlib.sha256()
+        self.received = 0
+        self.calls = 0
+        self.reasons = set()
+        self.reading_pauses = 0
+        self.writing_pauses = 0
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.progress = asyncio.Event()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def _pause(self, why):
+        if not self.reasons:
+            self.transport.pause_reading()
+        self.reasons.add(why)
+
+    def _resume(self, why):
+        self.reasons.discard(why)
+        if not self.reasons and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def data_received(self, data):
+        self.received += len(data)
+        self.hash.update(data)
+        self.calls += 1
+        self.progress.set()
+        if self.echo:
+            self.transport.write(data)
+        if self.calls % self.pause_every == 0 and "now and then" not in self.reasons:
+            self.reading_pauses += 1
+            self._pause("now and then")
+            self.loop.call_later(self.pause_for, self._resume, "now and then")
+
+    def pause_writing(self):
+        self.writing_pauses += 1
+        self.can_write.clear()
+        if self.echo:
+            self._pause("peer is slow")
+
+    def resume_writing(self):
+        self.can_write.set()
+        if self.echo:
+            self._resume("peer is slow")
+
+    def eof_received(self):
+        return None
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+async def _small_buffer_connection(lp, kind, address, factory, **kwargs):
+    """A TLS client connection whose socket has small kernel buffers (32 KiB),
+    so that flow control has to act long before 16 MiB are in flight."""
+    if kind == "tcp":
+        sock = await small_buffer_socket(lp, address[1])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        return await lp.create_connection(factory, sock=sock, **kwargs)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    sock.connect(address)
+    sock.setblocking(False)
+    return await lp.create_unix_connection(factory, sock=sock, **kwargs)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ("tcp", "unix"))
+def test_tls_echo_16mib_random_chunks_pause_resume_both_sides(loop, run, certs, kind):
+    """16 MiB through a TLS echo in random-sized writes (1 B .. 256 KiB) that
+    follow pause_writing/resume_writing, both ends pausing their reading now and
+    then: every byte comes back, in order (same SHA-256), and flow control acted
+    on both sides of the connection."""
+    import random
+    size = 16 * 1024 * 1024
+    data = payload(size, b"16 MiB " + kind.encode())
+    rng = random.Random(1603)
+
+    async def main():
+        servers = []
+
+        def factory():
+            p = _FlowEcho(loop, echo=True, pause_every=7, pause_for=0.002)
+            servers.append(p)
+            return p
+
+        if kind == "tcp":
+            server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_ctx(certs))
+            address = server.sockets[0].getsockname()
+        else:
+            address = short_unix_path()
+            server = await loop.create_unix_server(factory, address, ssl=server_ctx(certs))
+        tr, client = await _small_buffer_connection(
+            loop, kind, address, lambda: _FlowEcho(loop, echo=False, pause_every=5, pause_for=0.003),
+            ssl=client_ctx(certs), server_hostname="localhost")
+        view = memoryview(data)
+        sent = 0
+        while sent < size:
+            await client.can_write.wait()
+            n = rng.choice((1, 100, 1000, 4096, 16 * 1024, 65536, 100_000, 256 * 1024))
+            n = rng.randint(1, n)
+            tr.write(view[sent:sent + n])
+            sent += n
+            if rng.random() < 0.1:
+                await asyncio.sleep(0)
+        while client.received < size:
+            client.progress.clear()
+            await asyncio.wait_for(client.progress.wait(), 20)
+        tr.close()
+        assert await asyncio.wait_for(client.lost, 10) is None
+        server_end = servers[0]
+        assert await asyncio.wait_for(server_end.lost, 10) is None
+        server.close()
+        await server.wait_closed()
+        return client, server_end
+
+    client, server_end = run(main())
+    want = hashlib.sha256(data).hexdigest()
+    assert (client.received, client.hash.hexdigest()) == (size, want)
+    assert (server_end.received, server_end.hash.hexdigest()) == (size, want)
+    assert client.reading_pauses > 0 and server_end.reading_pauses > 0
+    assert client.writing_pauses > 0  # the writer was held back, not buffered without bound
+
+
+def small_buffer_listener():
+    """A listening TCP socket whose accepted sockets get a 32 KiB receive buffer."""
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    lsock.setblocking(False)
+    return lsock
+
+
+def test_tls_peer_stops_reading_pauses_writer_and_bounds_buffers(loop, run, certs):
+    """A TLS client writes to a server that stops reading (small kernel buffers
+    on both ends): the client protocol gets pause_writing once the TLS layer's
+    buffer passes its high-water mark, nothing grows after the writer stops
+    (neither the TLS layer's buffer nor the socket transport's), and when the
+    server reads again resume_writing comes and every byte arrives."""
+    chunk = payload(64 * 1024, b"stalled reader")
+
+    async def main():
+        servers = []
+
+        def factory():
+            p = RecordingProtocol(loop)
+            servers.append(p)
+            return p
+
+        server = await loop.create_server(factory, sock=small_buffer_listener(), ssl=server_ctx(certs))
+        port = server.sockets[0].getsockname()[1]
+        tr, client = await _small_buffer_connection(
+            loop, "tcp", ("127.0.0.1", port), lambda: _FlowEcho(loop, echo=False, pause_every=1 << 30, pause_for=0),
+            ssl=client_ctx(certs), server_hostname="localhost")
+        peer = await _first(servers)
+        await peer.made
+        peer.transport.pause_reading()
+        written = 0
+        while client.can_write.is_set():
+            tr.write(chunk)
+            written += len(chunk)
+            assert written < 64 * 1024 * 1024, "pause_writing never came"
+            await asyncio.sleep(0)
+        high = tr.get_write_buffer_limits()[1]
+        at_pause = tr.get_write_buffer_size()
+        raw = tr._ssl_protocol._transport
+        samples = []
+        for _ in range(2):
+            await asyncio.sleep(0.25)
+            samples.append((tr.get_write_buffer_size(), raw.get_write_buffer_size(), len(peer.data)))
+        peer.transport.resume_reading()
+        await asyncio.wait_for(client.can_write.wait(), 10)
+        while len(peer.data) < written:
+            await asyncio.sleep(0.01)
+        tr.close()
+        await asyncio.wait_for(client.lost, 5)
+        await asyncio.wait_for(peer.lost, 5)
+        server.close()
+        await server.wait_closed()
+        return written, high, at_pause, samples, client.writing_pauses, bytes(peer.data)
+
+    written, high, at_pause, samples, pauses, got = run(main())
+    assert pauses == 1
+    assert high <= at_pause <= high + len(chunk)  # paused by the write that crossed the mark
+    assert samples[0] == samples[1]  # nothing moves while the peer does not read
+    assert samples[0][2] == 0
+    # What the writer got rid of before it was paused: the TLS layer's buffer, the
+    # socket transport's, the kernel's and the reader's TLS buffer; all bounded.
+    assert written < 2 * 1024 * 1024
+    assert got == chunk * (written // len(chunk))
+
+
+def test_tls_streams_drain_blocks_while_peer_does_not_read(loop, run, certs):
+    """StreamWriter.drain() over ssl= waits while the peer does not read and
+    returns once it reads: back-pressure reaches the writing coroutine."""
+    size = 8 * 1024 * 1024
+    data = payload(size, b"client drain")
+
+    async def main():
+        may_read = asyncio.Event()
+        got = loop.create_future()
+
+        async def handler(reader, writer):
+            await may_read.wait()
+            got.set_result(await reader.readexactly(size))
+            writer.close()
+
+        server = await asyncio.start_server(handler, sock=small_buffer_listener(), ssl=server_ctx(certs))
+        port = server.sockets[0].getsockname()[1]
+        sock = await small_buffer_socket(loop, port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        reader, writer = await asyncio.open_connection(sock=sock, ssl=client_ctx(certs), server_hostname="localhost")
+        progress = []
+
+        async def send_all():
+            view = memoryview(data)
+            for i in range(0, size, 1 << 16):
+                writer.write(view[i:i + (1 << 16)])
+                await writer.drain()
+                progress.append(i + (1 << 16))
+
+        sending = asyncio.ensure_future(send_all())
+        await asyncio.sleep(0.3)
+        stalled_at = len(progress)
+        await asyncio.sleep(0.2)
+        still_stalled = len(progress) == stalled_at and not sending.done()
+        buffered = writer.transport.get_write_buffer_size()
+        may_read.set()
+        await asyncio.wait_for(sending, 20)
+        received = await asyncio.wait_for(got, 20)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return still_stalled, buffered, stalled_at, received
+
+    still_stalled, buffered, stalled_at, received = run(main())
+    assert still_stalled is True
+    assert buffered > 0
+    assert stalled_at * (1 << 16) < 2 * 1024 * 1024
+    assert received == data
+
+
+@pytest.mark.parametrize("who", ("server", "both"))
+def test_tls_close_notify_from_server_or_both(loop, run, certs, who):
+    """close() on the server side sends close_notify after the pending data; the
+    client gets the data, eof_received and connection_lost(None). Closing both
+    sides at once, each with data in flight, ends as it does on asyncio (with
+    OpenSSL 3: application data after close_notify is an SSLError on both)."""
+    async def scenario(lp):
+        servers = []
+
+        def factory():
+            p = RecordingProtocol(lp)
+            servers.append(p)
+            return p
+
+        server = await lp.create_server(factory, "127.0.0.1", 0, ssl=server_ctx(certs))
+        port = server.sockets[0].getsockname()[1]
+        tr, pr = await lp.create_connection(lambda: RecordingProtocol(lp), "127.0.0.1", port,
+                                            ssl=client_ctx(certs), server_hostname="localhost")
+        peer = await _first(servers)
+        await peer.made
+        peer.transport.write(b"from the server " * 1000)
+        peer.transport.close()
+        if who == "both":
+            tr.write(b"from the client " * 1000)
+            tr.close()
+        client_exc = await asyncio.wait_for(pr.lost, 5)
+        server_exc = await asyncio.wait_for(peer.lost, 5)
+        server.close()
+        await server.wait_closed()
+        return (pr.events, exc_signature(client_exc), bytes(pr.data),
+                peer.events, exc_signature(server_exc), bytes(peer.data))
+
+    got = run(scenario(loop))
+    if who == "server":
+        # The client gets the data and the close_notify (EOF), answers it; the
+        # server gets the answer as its EOF.
+        assert got == (["made", "data", "eof", ("lost", None)], None, b"from the server " * 1000,
+                       ["made", "eof", ("lost", None)], None, b"")
+    assert got == run_on_asyncio(scenario)

@@ -15,6 +15,10 @@ NAMES = (
     "threadsafe",
     "tasks_gather",
     "sleep0_pingpong",
+    "udp_pingpong",
+    "sock_pingpong",
+    "subprocess_spawn",
+    "subprocess_pipe",
 )
 
 

@@ -11,7 +11,7 @@
 //! What the loop does (deterministic but for timing):
 //! - a sample every 250 ms: per sample 10 callbacks of 20 µs and 2 of 2 ms, 5 loop
 //!   delays of 50 µs, 3 task steps of 30 µs, 1 timer 200 µs late, 1 executor job of
-//!   15 ms; 4 iterations, 1000 bytes in, 500 out;
+//!   15 ms; 4 iterations, 1000 bytes in, 500 out, 3 connections;
 //! - a task tree: `main` (task 1, pending until the end); every round (`--round-ms`,
 //!   default 200) `--fanout` (default 3) `worker` children of `main`, each with one
 //!   `leaf` child; the previous round's workers and leaves finish, cycling through
@@ -21,13 +21,16 @@
 //!   (default 300; 0 = none), one stall of N ms at 1.5 s (stack from the capture
 //!   function, site `blocker (feed.py:7)`);
 //! - a busy "work" counter on the loop thread, reported every second, to show the
-//!   loop's pace does not depend on the collector.
+//!   loop's pace does not depend on the collector; with `--control 1`, a second
+//!   thread does the same work without touching the hub, so the loop's pace can be
+//!   compared with it second by second (which cancels out the machine's load).
 //!
 //! Output lines (stdout): `otlp_feed: inspector on URL`, `otlp_feed: loop ID`,
-//! `otlp_feed: otlp {json OtlpInfo}`, `otlp_feed: tick {"t": s, "work": n}` each
-//! second, and at the end (after a final table and `otlp::flush`) `otlp_feed: done
-//! {"finished": n, "roots": n, "flushed": bool}`. Then it lingers `--linger` seconds
-//! (default 30) so its API can be read, or until stdin closes.
+//! `otlp_feed: otlp {json OtlpInfo}`, `otlp_feed: tick {"t": s, "work": n, "control": m}`
+//! each second (`control` 0 without `--control 1`), and at the end (after a final
+//! table and `otlp::flush`) `otlp_feed: done {"finished": n, "roots": n, "flushed":
+//! bool}`. Then it lingers `--linger` seconds (default 30) so its API can be read,
+//! or until stdin closes.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -46,10 +49,12 @@ struct Args {
     stall_ms: u64,
     linger: f64,
     port: u16,
+    control: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { seconds: 5.0, round_ms: 200, fanout: 3, keep: 1024, stall_ms: 300, linger: 30.0, port: 0 };
+    let mut a =
+        Args { seconds: 5.0, round_ms: 200, fanout: 3, keep: 1024, stall_ms: 300, linger: 30.0, port: 0, control: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -62,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
             "--stall-ms" => a.stall_ms = v.parse().map_err(|e| bad(&e))?,
             "--linger" => a.linger = v.parse().map_err(|e| bad(&e))?,
             "--port" => a.port = v.parse().map_err(|e| bad(&e))?,
+            "--control" => a.control = v.parse::<u8>().map_err(|e| bad(&e))? != 0,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -131,6 +137,25 @@ impl Tasks {
     }
 }
 
+/// A fixed unit of busy work: the loop's (and the control thread's) "throughput".
+fn work_unit(x: &mut u64) {
+    for _ in 0..10_000 {
+        *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    }
+    std::hint::black_box(*x);
+}
+
+/// The control thread: the loop's iteration without the hub, counting units in `done`.
+fn control(done: std::sync::Arc<std::sync::atomic::AtomicU64>, end: Duration) {
+    let start = Instant::now();
+    let mut x: u64 = 1;
+    while start.elapsed() < end {
+        work_unit(&mut x);
+        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
 fn sample(seq: u64) -> Sample {
     let mut s = Sample::new();
     s.seq = seq;
@@ -145,6 +170,7 @@ fn sample(seq: u64) -> Sample {
     s.fds_registered = 4;
     s.bytes_in = 1000;
     s.bytes_out = 500;
+    s.connections = 3;
     s.executor_done = 1;
     s.executor_running = 1;
     let h = &mut s.histograms;
@@ -213,6 +239,12 @@ fn main() {
 
     let start = Instant::now();
     let end = Duration::from_secs_f64(args.seconds.max(0.5));
+    let control_done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if args.control {
+        let done = std::sync::Arc::clone(&control_done);
+        thread::spawn(move || control(done, end));
+    }
+    let mut control_at_tick: u64 = 0;
     let (mut next_sample, mut next_tables, mut next_round, mut next_tick) =
         (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::from_secs(1));
     let mut seq = 0;
@@ -224,10 +256,7 @@ fn main() {
     let mut x: u64 = 1;
     while start.elapsed() < end {
         let now = start.elapsed();
-        // A fixed unit of busy work, the loop's "throughput".
-        for _ in 0..10_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        }
+        work_unit(&mut x);
         work += 1;
         heartbeat.iteration(work);
         if now >= next_round {
@@ -276,8 +305,15 @@ fn main() {
         }
         if now >= next_tick {
             next_tick += Duration::from_secs(1);
-            say(format!("tick {{\"t\": {:.1}, \"work\": {}}}", now.as_secs_f64(), work - work_at_tick));
+            let control = control_done.load(std::sync::atomic::Ordering::Relaxed);
+            say(format!(
+                "tick {{\"t\": {:.1}, \"work\": {}, \"control\": {}}}",
+                now.as_secs_f64(),
+                work - work_at_tick,
+                control - control_at_tick
+            ));
             work_at_tick = work;
+            control_at_tick = control;
         }
         thread::sleep(Duration::from_micros(200));
     }

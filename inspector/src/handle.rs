@@ -9,6 +9,7 @@ use std::fmt;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -130,6 +131,9 @@ impl Query {
     }
 }
 
+/// Most site names kept per loop (the loop's own site table is smaller).
+pub const MAX_SITE_NAMES: usize = 16_384;
+
 /// Most queries waiting for one loop; the server answers 503 beyond it, so a loop
 /// that never drains holds a bounded queue.
 pub const MAX_PENDING_QUERIES: usize = 64;
@@ -151,6 +155,10 @@ pub(crate) struct LoopShared {
     pending_queries: AtomicUsize,
     waker: Mutex<Option<Waker>>,
     capture: Mutex<Option<StackCapture>>,
+    /// Callback sites' labels by site id, told by the loop as it first meets each
+    /// site (before its first callback runs), so a stall names its site even when
+    /// the loop has not yet published tables that contain it.
+    site_names: Mutex<HashMap<u64, String>>,
 }
 
 impl LoopShared {
@@ -167,7 +175,13 @@ impl LoopShared {
             pending_queries: AtomicUsize::new(0),
             waker: Mutex::new(None),
             capture: Mutex::new(None),
+            site_names: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The label the loop gave site `id`, if it named it.
+    pub(crate) fn site_name(&self, id: u64) -> Option<String> {
+        self.site_names.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -326,6 +340,23 @@ impl LoopHandle {
         *self.shared.capture.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::from(capture));
     }
 
+    /// Names callback site `id` (`qualname (file:line)`) for stall reports. Call it
+    /// when the loop first meets a site, before the site's first callback runs.
+    /// Never blocks: if the watchdog holds the names at this instant, the label is
+    /// handed back (`Err`) for the caller to offer again later. At most
+    /// [`MAX_SITE_NAMES`] names are kept; later ones are ignored.
+    pub fn name_site(&self, id: u64, label: String) -> Result<(), String> {
+        let mut names = match self.shared.site_names.try_lock() {
+            Ok(names) => names,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(label),
+        };
+        if names.len() < MAX_SITE_NAMES || names.contains_key(&id) {
+            names.insert(id, label);
+        }
+        Ok(())
+    }
+
     /// Whether queries are waiting: one atomic load, for the top of each iteration.
     #[inline]
     pub fn has_queries(&self) -> bool {
@@ -390,6 +421,25 @@ mod tests {
         assert_eq!(m.take().map(|t| t.unix_ms), Some(2));
         assert!(m.take().is_none());
         m.put(Box::new(Tables { unix_ms: 3, ..Default::default() })); // freed by Drop
+    }
+
+    #[test]
+    fn site_names_are_kept_bounded_and_renamable() {
+        let (samples, _rx) = std::sync::mpsc::sync_channel(1);
+        let (doorbell, _bell) = tokio::sync::mpsc::channel(1);
+        let h = LoopHandle { shared: Arc::new(LoopShared::new(LoopInfo::default())), samples, doorbell };
+        for id in 1..=(MAX_SITE_NAMES as u64 + 10) {
+            h.name_site(id, format!("s{id}")).unwrap();
+        }
+        assert_eq!(h.shared.site_name(1).as_deref(), Some("s1"));
+        assert_eq!(h.shared.site_name(MAX_SITE_NAMES as u64).as_deref(), Some(&*format!("s{MAX_SITE_NAMES}")));
+        assert_eq!(h.shared.site_name(MAX_SITE_NAMES as u64 + 1), None, "past the bound: ignored");
+        h.name_site(1, "renamed".into()).unwrap();
+        assert_eq!(h.shared.site_name(1).as_deref(), Some("renamed"));
+        // While the watchdog holds the names, the label is handed back, not waited for.
+        let held = h.shared.site_names.lock().unwrap();
+        assert_eq!(h.name_site(2, "later".into()), Err("later".to_string()));
+        drop(held);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Totals {
     pub bytes_in: u64,
     /// Bytes sent by transports.
     pub bytes_out: u64,
+    /// Connections opened.
+    pub connections: u64,
     /// Executor jobs completed.
     pub executor_done: u64,
     /// Stalls opened.
@@ -82,6 +84,7 @@ impl Totals {
         self.tasks_finished += s.tasks_finished;
         self.bytes_in += s.bytes_in;
         self.bytes_out += s.bytes_out;
+        self.connections += s.connections;
         self.executor_done += s.executor_done;
         self.stalls += s.stalls;
     }

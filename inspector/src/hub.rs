@@ -300,13 +300,18 @@ impl Hub {
         }
     }
 
-    /// Names a callback site from the loop's latest callback-site table.
+    /// Names a callback site: from the names the loop gave as it met its sites,
+    /// else from its latest callback-site table.
     pub(crate) fn site_label(&self, loop_id: u64, site_id: u64) -> Option<String> {
         if site_id == 0 {
             return None;
         }
         let st = self.state();
-        let tables = st.loops.get(&loop_id)?.tables.as_ref()?;
+        let entry = st.loops.get(&loop_id)?;
+        if let Some(name) = entry.shared.site_name(site_id) {
+            return Some(name);
+        }
+        let tables = entry.tables.as_ref()?;
         tables.callback_sites.iter().find(|s| s.id == site_id).map(|s| s.label())
     }
 

@@ -59,7 +59,7 @@ pub mod summary;
 mod watchdog;
 
 pub use config::{parse_address, token_matches, Config, Error, ServerInfo, DEFAULT_ADDRESS};
-pub use handle::{Beat, Heartbeat, LoopHandle, Query, QueryKind, QueryReply, MAX_PENDING_QUERIES};
+pub use handle::{Beat, Heartbeat, LoopHandle, Query, QueryKind, QueryReply, MAX_PENDING_QUERIES, MAX_SITE_NAMES};
 pub use history::{Totals, DEFAULT_HISTORY};
 pub use hub::{Hub, HubConfig};
 pub use model::{

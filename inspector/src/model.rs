@@ -141,7 +141,7 @@ impl<H> Histograms<H> {
 /// One sampling interval of one loop (default 250 ms), produced by the loop thread.
 ///
 /// Counters (`iterations` … `executor_done`, `bytes_*`, `tasks_created`,
-/// `tasks_finished`) are totals *for the interval*; gauges (`ready_queue_last`,
+/// `tasks_finished`, `connections`) are totals *for the interval*; gauges (`ready_queue_last`,
 /// `timers_pending`, `fds_registered`, `tasks_live`, `transports_open`,
 /// `executor_queued`, `executor_running`) are the value at the interval's end.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -188,6 +188,10 @@ pub struct Sample<H = DurationHistogram> {
     pub bytes_in: u64,
     /// Bytes sent by all transports in the interval.
     pub bytes_out: u64,
+    /// `asyncio.connections`: connections opened in the interval (stream
+    /// transports made for accepted or connected sockets, plain or TLS).
+    #[serde(default)]
+    pub connections: u64,
     /// Executor jobs waiting for a worker.
     pub executor_queued: u64,
     /// Executor jobs running.
@@ -234,6 +238,7 @@ impl Sample<DurationHistogram> {
             transports_open: self.transports_open,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
+            connections: self.connections,
             executor_queued: self.executor_queued,
             executor_running: self.executor_running,
             executor_done: self.executor_done,
@@ -306,11 +311,22 @@ pub struct TaskRecord {
     pub longest_step_ns: u64,
     /// Delay between the last step becoming ready and starting to run.
     pub last_scheduled_delay_ns: u64,
+    /// The application's OpenTelemetry trace the task was created in (32 lowercase
+    /// hex digits): the trace of the span current at `create_task`, recorded while
+    /// OTLP traces are exported and the application uses `opentelemetry-api`.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// That span's id (16 lowercase hex digits).
+    #[serde(default)]
+    pub parent_span_id: Option<String>,
+    /// That span's W3C trace flags (bit 0: sampled); 0 without a span.
+    #[serde(default)]
+    pub trace_flags: u8,
 }
 
 /// What kind of transport (or server) a record describes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum TransportKind {
     /// TCP stream.
     #[default]
@@ -319,21 +335,24 @@ pub enum TransportKind {
     Unix,
     /// UDP datagram endpoint.
     Udp,
-    /// Pipe (`connect_read_pipe`/`connect_write_pipe`).
-    Pipe,
+    /// The read end of a pipe (`connect_read_pipe`, a subprocess's stdout/stderr).
+    PipeRead,
+    /// The write end of a pipe (`connect_write_pipe`, a subprocess's stdin).
+    PipeWrite,
     /// Subprocess transport.
     Subprocess,
-    /// TLS over another transport.
+    /// TLS (`ssl=` or `start_tls`) over a TCP or Unix stream.
     Tls,
 }
 
 impl TransportKind {
     /// Every kind, in JSON order.
-    pub const ALL: [TransportKind; 6] = [
+    pub const ALL: [TransportKind; 7] = [
         TransportKind::Tcp,
         TransportKind::Unix,
         TransportKind::Udp,
-        TransportKind::Pipe,
+        TransportKind::PipeRead,
+        TransportKind::PipeWrite,
         TransportKind::Subprocess,
         TransportKind::Tls,
     ];
@@ -344,25 +363,32 @@ impl TransportKind {
             TransportKind::Tcp => "tcp",
             TransportKind::Unix => "unix",
             TransportKind::Udp => "udp",
-            TransportKind::Pipe => "pipe",
+            TransportKind::PipeRead => "pipe_read",
+            TransportKind::PipeWrite => "pipe_write",
             TransportKind::Subprocess => "subprocess",
             TransportKind::Tls => "tls",
         }
     }
+
+    /// Parses the JSON word.
+    pub fn parse(s: &str) -> Option<Self> {
+        TransportKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
-/// One transport, with the counters the Rust transport keeps.
+/// One transport: a Rust stream transport, or one of asyncio's Python transports
+/// the loop made (pipes, subprocesses), with the same counters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TransportRecord {
     /// The loop's id for the transport.
     pub id: u64,
     /// Kind.
     pub kind: TransportKind,
-    /// Local address (`host:port`, a path, or empty).
+    /// Local address (`host:port`, a path, `fd N` for a pipe, or empty).
     pub local: String,
-    /// Peer address (or empty).
+    /// Peer address (`pid N` for a subprocess and its pipes, or empty).
     pub peer: String,
-    /// The protocol's class `__qualname__`.
+    /// The protocol's class `__qualname__` (for `tls`, the application's protocol).
     pub protocol: String,
     /// When the transport was created.
     pub created_unix_ms: u64,
@@ -390,23 +416,38 @@ pub struct TransportRecord {
     pub state: String,
 }
 
-/// One listening server (`loop.create_server`, `create_unix_server`).
+/// One listening server (`loop.create_server`, `create_unix_server`, and so
+/// `asyncio.start_server`, `start_unix_server`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerRecord {
     /// The loop's id for the server.
     pub id: u64,
-    /// `tcp`, `unix` or `tls`.
+    /// `tcp` or `unix` (by the listening sockets' family; see `tls`).
     pub kind: TransportKind,
     /// Listening addresses.
     pub addresses: Vec<String>,
-    /// Connections accepted since creation.
+    /// Connections accepted since creation (handed to a transport).
     pub accepted: u64,
     /// Connections open now.
     pub open: u64,
-    /// Connections refused (accept errors, backlog full).
+    /// Connections refused: `accept()` failures (EMFILE, ENFILE, ENOBUFS, ENOMEM,
+    /// ECONNABORTED, ...) that asyncio reports or drops.
     pub refused: u64,
     /// `server.is_serving()`.
     pub serving: bool,
+    /// `serving`, `idle` (made with `start_serving=False`, not started yet) or
+    /// `closed` (`server.close()` was called).
+    #[serde(default)]
+    pub state: String,
+    /// The protocol factory's `__qualname__` (a class, a function, a lambda).
+    #[serde(default)]
+    pub protocol_factory: String,
+    /// Made with `ssl=`: connections are TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// When the server was created.
+    #[serde(default)]
+    pub created_unix_ms: u64,
 }
 
 /// Totals for one callback site (a code object): the always-on callback profile.
@@ -565,10 +606,49 @@ mod tests {
         assert_eq!(serde_json::to_value(&t).unwrap()["state"], "cancelled");
         let tr = TransportRecord { kind: TransportKind::Subprocess, ..Default::default() };
         assert_eq!(serde_json::to_value(&tr).unwrap()["kind"], "subprocess");
+        for kind in TransportKind::ALL {
+            let tr = TransportRecord { kind, ..Default::default() };
+            assert_eq!(serde_json::to_value(&tr).unwrap()["kind"], kind.as_str(), "serde and as_str agree");
+            assert_eq!(TransportKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(TransportKind::PipeRead.as_str(), "pipe_read");
+        assert_eq!(TransportKind::parse("pipe"), None);
         let st = StallEvent { stack_status: StackStatus::Captured, ..Default::default() };
         assert_eq!(serde_json::to_value(&st).unwrap()["stack_status"], "captured");
         assert_eq!(TaskState::parse("failed"), Some(TaskState::Failed));
         assert_eq!(TaskState::parse("nope"), None);
+    }
+
+    #[test]
+    fn server_records_serialize_every_field() {
+        let r = ServerRecord {
+            id: 3,
+            kind: TransportKind::Unix,
+            addresses: vec!["/tmp/s.sock".into()],
+            accepted: 5,
+            open: 2,
+            refused: 1,
+            serving: true,
+            state: "serving".into(),
+            protocol_factory: "Echo".into(),
+            tls: false,
+            created_unix_ms: 1_700_000_000_000,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["kind"], "unix");
+        assert_eq!(v["addresses"], serde_json::json!(["/tmp/s.sock"]));
+        for (k, want) in [("accepted", 5u64), ("open", 2), ("refused", 1), ("created_unix_ms", 1_700_000_000_000)] {
+            assert_eq!(v[k], want, "{k}");
+        }
+        assert_eq!(v["state"], "serving");
+        assert_eq!(v["protocol_factory"], "Echo");
+        assert_eq!(v["tls"], false);
+        // Records from an older sender (without the newer fields) still read.
+        let old: ServerRecord = serde_json::from_str(
+            r#"{"id":1,"kind":"tcp","addresses":[],"accepted":0,"open":0,"refused":0,"serving":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.state, "");
     }
 
     #[test]

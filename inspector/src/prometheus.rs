@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::hub::{HubState, LoopEntry};
-use crate::model::{SampleSummary, TransportKind};
+use crate::model::{SampleSummary, ServerRecord, TransportKind};
 use crate::stream::StreamStats;
 use crate::summary::{HistogramSummary, BUCKET_BOUNDS_NS};
 
@@ -111,6 +111,9 @@ const COUNTERS: &[(&str, &str, Counter)] = &[
     }),
     ("asyncio_task_steps_total", "Task steps run.", |e| {
         Value::Int(e.history.since_start_one("task_step_duration").map_or(0, |h| h.count))
+    }),
+    ("asyncio_connections_total", "Connections opened: accepted by servers or made by create_connection (plain or TLS).", |e| {
+        Value::Int(e.history.totals().connections)
     }),
     ("asyncio_executor_jobs_done_total", "Executor jobs completed.", |e| Value::Int(e.history.totals().executor_done)),
     ("asyncio_eventloop_stalls_total", "Callbacks the watchdog saw running past the stall threshold.", |e| {
@@ -235,6 +238,41 @@ pub(crate) fn render(st: &HubState, stream: &StreamStats) -> String {
         }
         for (kind, n) in by_kind {
             x.series(active, &[("loop", &l.id), ("thread", &l.thread), ("type", kind)], Value::Int(n));
+        }
+    }
+
+    // Servers (from the newest tables): one series per server, labelled with its
+    // id, kind and listening addresses.
+    type ServerValue = fn(&ServerRecord) -> u64;
+    const SERVERS: &[(&str, Kind, &str, ServerValue)] = &[
+        ("glassloop_server_connections_accepted_total", Kind::Counter, "Connections the server accepted.", |s| s.accepted),
+        (
+            "glassloop_server_connections_refused_total",
+            Kind::Counter,
+            "Connections the server could not accept (accept() failed: EMFILE, ENFILE, ECONNABORTED, ...).",
+            |s| s.refused,
+        ),
+        ("glassloop_server_connections_open", Kind::Gauge, "Connections of the server open now.", |s| s.open),
+        ("glassloop_server_serving", Kind::Gauge, "1 while the server accepts connections (server.is_serving()).", |s| {
+            s.serving as u64
+        }),
+    ];
+    for (name, kind, help, get) in SERVERS {
+        x.family(name, *kind, help);
+        for (l, e) in &loops {
+            let Some(tables) = &e.tables else { continue };
+            for srv in &tables.servers {
+                let id = srv.id.to_string();
+                let addresses = srv.addresses.join(" ");
+                let labels = [
+                    ("loop", l.id.as_str()),
+                    ("thread", l.thread.as_str()),
+                    ("server", id.as_str()),
+                    ("kind", srv.kind.as_str()),
+                    ("address", addresses.as_str()),
+                ];
+                x.series(name, &labels, Value::Int(get(srv)));
+            }
         }
     }
 

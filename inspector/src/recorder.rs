@@ -1,6 +1,6 @@
 //! Per-loop recording: what the loop thread measures about itself.
 //!
-//! Bounds: `callback_duration` and `timer_lateness` cover 1 ns .. 1 hour with 3
+//! Bounds: `callback_duration`, `timer_lateness` and `eventloop_delay` cover 1 ns .. 1 hour with 3
 //! significant digits (~270 KiB each); the per-interval histograms use 2 digits
 //! (~36 KiB each, see [`interval_histogram`]); counters are plain `u64`. Taking
 //! samples adds the non-empty cells of the 3-digit histograms at the last cut (16
@@ -8,10 +8,10 @@
 //! the number of callbacks run.
 //!
 //! Sampling: [`Recorder::take_sample`] cuts an interval out of the recorder for the
-//! hub. `callback_duration` and `timer_lateness` stay cumulative (`loop.stats()`
-//! reports them since the loop was created); the interval's part is their
-//! difference from the previous cut, computed only at the cut (4 times a second),
-//! so the hot path records each value once.
+//! hub. `callback_duration`, `timer_lateness` and `eventloop_delay` stay cumulative
+//! (`loop.stats()` reports them since the loop was created); the interval's part is
+//! their difference from the previous cut, computed only at the cut (4 times a
+//! second), so the hot path records each value once, inspected or not.
 
 use hdrhistogram::Histogram;
 
@@ -45,8 +45,8 @@ pub struct Recorder {
     /// How late each timer ran after its `when` (ns), since creation
     /// (`timer_delay` in samples and `loop.stats()`).
     pub timer_lateness: Histogram<u64>,
-    /// `asyncio.eventloop.delay`: ready → run delay of each handle (ns), since the
-    /// last [`take_sample`](Recorder::take_sample).
+    /// `asyncio.eventloop.delay`: ready → run delay of each handle (ns), since
+    /// creation (`loop_lag` in `loop.stats()`; samples carry the interval's part).
     pub eventloop_delay: Histogram<u64>,
     /// Run time of each task step (ns), since the last sample.
     pub task_step_duration: Histogram<u64>,
@@ -73,6 +73,7 @@ struct LastCut {
     /// increasing value order: a few hundred entries, not a 270 KiB copy.
     callback_duration: Vec<(u64, u64)>,
     timer_lateness: Vec<(u64, u64)>,
+    eventloop_delay: Vec<(u64, u64)>,
 }
 
 /// A copy of a recorder's state since creation, detached from the loop thread.
@@ -93,6 +94,10 @@ pub struct RecorderSnapshot {
     pub timer_lateness_p50_ns: u64,
     pub timer_lateness_p99_ns: u64,
     pub timer_lateness_max_ns: u64,
+    pub delay_count: u64,
+    pub delay_p50_ns: u64,
+    pub delay_p99_ns: u64,
+    pub delay_max_ns: u64,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -136,7 +141,7 @@ impl Recorder {
             idle_ns: 0,
             callback_duration: duration_histogram(),
             timer_lateness: duration_histogram(),
-            eventloop_delay: interval_histogram(),
+            eventloop_delay: duration_histogram(),
             task_step_duration: interval_histogram(),
             executor_job_duration: interval_histogram(),
             ready_queue_max: 0,
@@ -226,6 +231,7 @@ impl Recorder {
                 idle_ns: 0,
                 callback_duration: Vec::new(),
                 timer_lateness: Vec::new(),
+                eventloop_delay: Vec::new(),
             })
         });
         let busy = self.busy_ns.saturating_sub(cut.busy_ns);
@@ -247,7 +253,7 @@ impl Recorder {
             histograms: Histograms {
                 callback_duration: since(&self.callback_duration, &mut cut.callback_duration),
                 timer_delay: since(&self.timer_lateness, &mut cut.timer_lateness),
-                eventloop_delay: std::mem::replace(&mut self.eventloop_delay, interval_histogram()).into(),
+                eventloop_delay: since(&self.eventloop_delay, &mut cut.eventloop_delay),
                 task_step_duration: std::mem::replace(&mut self.task_step_duration, interval_histogram()).into(),
                 executor_job_duration: std::mem::replace(&mut self.executor_job_duration, interval_histogram()).into(),
             },
@@ -259,6 +265,7 @@ impl Recorder {
             transports_open: 0,
             bytes_in: 0,
             bytes_out: 0,
+            connections: 0,
             executor_queued: 0,
             executor_running: 0,
             executor_done: 0,
@@ -280,6 +287,7 @@ impl Recorder {
     pub fn snapshot(&self) -> RecorderSnapshot {
         let cb = &self.callback_duration;
         let tl = &self.timer_lateness;
+        let dl = &self.eventloop_delay;
         RecorderSnapshot {
             iterations: self.iterations,
             callbacks: self.callbacks,
@@ -295,6 +303,10 @@ impl Recorder {
             timer_lateness_p50_ns: tl.value_at_quantile(0.5),
             timer_lateness_p99_ns: tl.value_at_quantile(0.99),
             timer_lateness_max_ns: tl.max(),
+            delay_count: dl.len(),
+            delay_p50_ns: dl.value_at_quantile(0.5),
+            delay_p99_ns: dl.value_at_quantile(0.99),
+            delay_max_ns: dl.max(),
         }
     }
 }
@@ -401,12 +413,19 @@ mod tests {
         assert_eq!(s2.histograms.callback_duration.len(), 4, "only the new interval");
         assert!(s2.histograms.callback_duration.min() >= 1_980_000);
         assert_eq!(s2.histograms.timer_delay.len(), 1);
-        assert_eq!(s2.histograms.eventloop_delay.len(), 0, "reset at the cut");
+        assert_eq!(s2.histograms.eventloop_delay.len(), 0, "only the new interval");
         assert_eq!(s2.ready_queue_max, 2, "the max restarts from the last depth");
         assert_eq!(s2.utilization, 0.0);
+
+        r.delay(7_000_000);
+        let s3 = r.take_sample(s2.end_unix_ms + 250);
+        assert_eq!(s3.histograms.eventloop_delay.len(), 1);
+        assert!(s3.histograms.eventloop_delay.min() >= 6_930_000, "the new value only");
 
         // `loop.stats()` still reports since creation.
         let snap = r.snapshot();
         assert_eq!((snap.callbacks, snap.callback_count), (14, 14));
+        assert_eq!(snap.delay_count, 2);
+        assert!((6_993_000..=7_007_000).contains(&snap.delay_max_ns), "{snap:?}");
     }
 }

@@ -93,6 +93,8 @@ struct CaptureJob {
 struct Watchdog {
     /// Per loop: the open stall, and the callback start and iteration it belongs to.
     open: HashMap<u64, (u64, u64, u64)>,
+    /// Open stalls whose site had no name yet, with the site id: asked again each tick.
+    unnamed: HashMap<u64, u64>,
     /// Stalls whose capture was asked for, with the deadline (monotonic ns).
     captures: Vec<(u64, u64)>,
 }
@@ -131,7 +133,19 @@ impl Watchdog {
                 // A new iteration also means the callback returned (should a loop
                 // ever skip `idle()` before polling).
                 if beat.running_since_ns == start && beat.iterations == iteration && !l.is_closed() {
-                    hub.stalls.update(stall_id, |e| e.duration_ns = now.saturating_sub(start));
+                    let named = self.unnamed.get(&stall_id).and_then(|&site| site_label(hub, l, site));
+                    let updated = hub.stalls.update(stall_id, |e| {
+                        e.duration_ns = now.saturating_sub(start);
+                        if named.is_some() {
+                            e.site = named.clone();
+                        }
+                    });
+                    if named.is_some() {
+                        self.unnamed.remove(&stall_id);
+                        if let Some(ev) = updated {
+                            hub.publish_stall(&ev);
+                        }
+                    }
                     continue;
                 }
                 // The heartbeat moved: the stalled callback returned within the last
@@ -150,10 +164,13 @@ impl Watchdog {
                 duration_ns: running,
                 ongoing: true,
                 site_id: beat.site,
-                site: hub.site_label(id, beat.site),
+                site: site_label(hub, l, beat.site),
                 stack: None,
                 stack_status: StackStatus::Pending,
             });
+            if ev.site.is_none() && beat.site != 0 {
+                self.unnamed.insert(ev.id, beat.site);
+            }
             l.stalls_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.open.insert(id, (ev.id, start, beat.iterations));
             let status = if l.stack_capture().is_none() {
@@ -197,15 +214,28 @@ impl Watchdog {
 
     fn close(&mut self, hub: &Hub, loop_id: u64, now: u64) {
         if let Some((stall_id, start, _)) = self.open.remove(&loop_id) {
+            // Named by now if the loop published tables meanwhile.
+            let named = self.unnamed.remove(&stall_id).and_then(|site| hub.site_label(loop_id, site));
             let closed = hub.stalls.update(stall_id, |e| {
                 e.ongoing = false;
                 e.duration_ns = now.saturating_sub(start);
+                if e.site.is_none() {
+                    e.site = named;
+                }
             });
             if let Some(ev) = closed {
                 hub.publish_stall(&ev);
             }
         }
     }
+}
+
+/// The label of a loop's callback site: as the loop named it, else from its tables.
+fn site_label(hub: &Hub, l: &LoopShared, site: u64) -> Option<String> {
+    if site == 0 {
+        return None;
+    }
+    l.site_name(site).or_else(|| hub.site_label(l.info.id, site))
 }
 
 fn capture_worker(hub: Weak<Hub>, jobs: Receiver<CaptureJob>) {

@@ -165,6 +165,7 @@ fn task(id: u64) -> TaskRecord {
         busy_ns: (id * 7_919) % 1_000,
         longest_step_ns: id,
         last_scheduled_delay_ns: 5,
+        ..Default::default()
     }
 }
 
@@ -184,16 +185,45 @@ fn tables() -> Tables {
             },
             TransportRecord { id: 2, kind: TransportKind::Unix, state: "open".into(), ..Default::default() },
             TransportRecord { id: 3, kind: TransportKind::Tcp, state: "closed".into(), ..Default::default() },
+            TransportRecord {
+                id: 1 << 32,
+                kind: TransportKind::PipeRead,
+                local: "fd 7".into(),
+                peer: "pid 42".into(),
+                state: "open".into(),
+                bytes_in: 5,
+                calls_in: 1,
+                ..Default::default()
+            },
         ],
-        servers: vec![ServerRecord {
-            id: 1,
-            kind: TransportKind::Tcp,
-            addresses: vec!["0.0.0.0:80".into()],
-            accepted: 9,
-            open: 1,
-            refused: 0,
-            serving: true,
-        }],
+        servers: vec![
+            ServerRecord {
+                id: 1,
+                kind: TransportKind::Tcp,
+                addresses: vec!["0.0.0.0:80".into()],
+                accepted: 9,
+                open: 1,
+                refused: 0,
+                serving: true,
+                state: "serving".into(),
+                protocol_factory: "HttpProtocol".into(),
+                tls: false,
+                created_unix_ms: 4_000,
+            },
+            ServerRecord {
+                id: 2,
+                kind: TransportKind::Unix,
+                addresses: vec!["/run/app.sock".into()],
+                accepted: 3,
+                open: 0,
+                refused: 2,
+                serving: false,
+                state: "closed".into(),
+                protocol_factory: "start_server.<locals>.factory".into(),
+                tls: true,
+                created_unix_ms: 4_500,
+            },
+        ],
         callback_sites: vec![
             CallbackSite {
                 id: 1,
@@ -323,7 +353,7 @@ fn transports_servers_sites_and_slow_callbacks() {
     let id = h.id();
 
     let t = get_json(addr, &format!("/api/v1/loops/{id}/transports"));
-    assert_eq!(t["total"], 3);
+    assert_eq!(t["total"], 4);
     assert_eq!(t["items"][0]["kind"], "tcp");
     assert_eq!(t["items"][0]["peer"], "127.0.0.1:5000");
     for key in [
@@ -347,9 +377,28 @@ fn transports_servers_sites_and_slow_callbacks() {
     assert_eq!(get_json(addr, &format!("/api/v1/loops/{id}/transports?kind=unix"))["total"], 1);
     assert_eq!(get(addr, &format!("/api/v1/loops/{id}/transports?kind=carrier-pigeon")).status, 400);
 
+    let pipes = get_json(addr, &format!("/api/v1/loops/{id}/transports?kind=pipe_read"));
+    assert_eq!(pipes["total"], 1);
+    assert_eq!(pipes["items"][0]["local"], "fd 7");
+    assert_eq!(pipes["items"][0]["peer"], "pid 42");
+    assert_eq!(get_json(addr, &format!("/api/v1/loops/{id}/transports?kind=pipe_write"))["total"], 0);
+    assert_eq!(get(addr, &format!("/api/v1/loops/{id}/transports?kind=pipe")).status, 400);
+
     let s = get_json(addr, &format!("/api/v1/loops/{id}/servers"));
+    assert_eq!(s["total"], 2);
     assert_eq!(s["items"][0]["addresses"][0], "0.0.0.0:80");
     assert_eq!(s["items"][0]["serving"], true);
+    assert_eq!(s["items"][0]["state"], "serving");
+    assert_eq!(s["items"][0]["protocol_factory"], "HttpProtocol");
+    assert_eq!(s["items"][0]["accepted"], 9);
+    assert_eq!(s["items"][0]["created_unix_ms"], 4_000);
+    assert_eq!(s["items"][1]["kind"], "unix");
+    assert_eq!(s["items"][1]["refused"], 2);
+    assert_eq!(s["items"][1]["tls"], true);
+    assert_eq!(s["items"][1]["state"], "closed");
+    let paged = get_json(addr, &format!("/api/v1/loops/{id}/servers?offset=1&limit=1"));
+    assert_eq!((paged["total"].as_u64(), paged["items"].as_array().map(Vec::len)), (Some(2), Some(1)));
+    assert_eq!(paged["items"][0]["id"], 2);
 
     let by_total = get_json(addr, &format!("/api/v1/loops/{id}/callback-sites"));
     let names = |v: &serde_json::Value| -> Vec<String> {

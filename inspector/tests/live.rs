@@ -283,3 +283,51 @@ fn a_loop_without_a_capture_function_reports_unavailable() {
     assert!(s["site"].is_null());
     hb.idle();
 }
+
+#[test]
+fn a_stall_on_a_site_the_loop_just_named_carries_the_name() {
+    // The loop names a site as it first meets it, before the site's first callback
+    // runs; no tables with it were ever published.
+    let (hub, addr) = default_server();
+    let h = hub.register_loop(info("fresh"));
+    h.set_stack_capture(Box::new(|| Some("stack".into())));
+    hub.pump();
+    let id = h.id();
+    h.name_site(501, "first_time (app.py:3)".into()).unwrap();
+    let hb = h.heartbeat();
+    hb.iteration(1);
+    hb.begin(monotonic_ns(), 501);
+    let stall = eventually(Duration::from_secs(2), "an ongoing stall", || {
+        let v = get_json(addr, &format!("/api/v1/loops/{id}/stalls"));
+        let s = v["stalls"].get(0)?.clone();
+        (s["ongoing"] == true).then_some(s)
+    });
+    assert_eq!(stall["site_id"], 501);
+    assert_eq!(stall["site"], "first_time (app.py:3)");
+    hb.idle();
+
+    // A site named only after its stall opened: the watchdog asks again while the
+    // stall lasts, and the closed stall carries the name.
+    hb.iteration(2);
+    hb.begin(monotonic_ns(), 502);
+    eventually(Duration::from_secs(2), "a second, unnamed stall", || {
+        let v = get_json(addr, &format!("/api/v1/loops/{id}/stalls?ongoing=true"));
+        let s = v["stalls"].get(0)?.clone();
+        (s["site_id"] == 502 && s["site"].is_null()).then_some(())
+    });
+    h.name_site(502, "late (app.py:9)".into()).unwrap();
+    let named = eventually(Duration::from_secs(2), "the ongoing stall named", || {
+        let v = get_json(addr, &format!("/api/v1/loops/{id}/stalls?ongoing=true"));
+        let s = v["stalls"].get(0)?.clone();
+        (s["site"] == "late (app.py:9)").then_some(s)
+    });
+    assert_eq!(named["site_id"], 502);
+    hb.idle();
+    let closed = eventually(Duration::from_secs(2), "the second stall closes", || {
+        let v = get_json(addr, &format!("/api/v1/loops/{id}/stalls"));
+        let s = v["stalls"].as_array()?.iter().find(|s| s["site_id"] == 502)?.clone();
+        (s["ongoing"] == false).then_some(s)
+    });
+    assert_eq!(closed["site"], "late (app.py:9)");
+    drop(h);
+}

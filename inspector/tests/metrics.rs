@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 
 use common::*;
-use inspector::{Tables, TransportKind, TransportRecord};
+use inspector::{ServerRecord, Tables, TransportKind, TransportRecord};
 
 #[derive(Debug)]
 struct Series {
@@ -169,6 +169,21 @@ fn metrics_parse_and_histograms_count_every_value() {
             TransportRecord { kind: TransportKind::Tcp, state: "open".into(), ..Default::default() },
             TransportRecord { kind: TransportKind::Tcp, state: "open".into(), ..Default::default() },
             TransportRecord { kind: TransportKind::Udp, state: "closed".into(), ..Default::default() },
+            TransportRecord { kind: TransportKind::PipeRead, state: "open".into(), ..Default::default() },
+        ],
+        servers: vec![
+            ServerRecord {
+                id: 7,
+                kind: TransportKind::Tcp,
+                addresses: vec!["127.0.0.1:8080".into(), "[::1]:8080".into()],
+                accepted: 12,
+                open: 3,
+                refused: 2,
+                serving: true,
+                state: "serving".into(),
+                ..Default::default()
+            },
+            ServerRecord { id: 8, kind: TransportKind::Unix, addresses: vec!["/run/a.sock".into()], ..Default::default() },
         ],
         ..Default::default()
     });
@@ -244,6 +259,26 @@ fn metrics_parse_and_histograms_count_every_value() {
     assert_eq!(one(&x, "asyncio_transport_active", &[("loop", &la), ("type", "tcp")]), 2.0);
     assert_eq!(one(&x, "asyncio_transport_active", &[("loop", &la), ("type", "udp")]), 0.0);
     assert!(find(&x, "asyncio_transport_active", &[("loop", &lb)]).is_empty(), "no tables, no guess");
+    assert_eq!(one(&x, "asyncio_transport_active", &[("loop", &la), ("type", "pipe_read")]), 1.0);
+    assert_eq!(one(&x, "asyncio_transport_active", &[("loop", &la), ("type", "pipe_write")]), 0.0);
+    // Servers: one series each, counters and gauges from the newest tables.
+    for (name, kind) in [
+        ("glassloop_server_connections_accepted_total", "counter"),
+        ("glassloop_server_connections_refused_total", "counter"),
+        ("glassloop_server_connections_open", "gauge"),
+        ("glassloop_server_serving", "gauge"),
+    ] {
+        assert_eq!(x.types.get(name).map(String::as_str), Some(kind), "{name}");
+        assert!(find(&x, name, &[("loop", &lb)]).is_empty(), "{name}: loop b sent no servers");
+    }
+    let srv = [("loop", la.as_str()), ("server", "7"), ("kind", "tcp"), ("address", "127.0.0.1:8080 [::1]:8080")];
+    assert_eq!(one(&x, "glassloop_server_connections_accepted_total", &srv), 12.0);
+    assert_eq!(one(&x, "glassloop_server_connections_refused_total", &srv), 2.0);
+    assert_eq!(one(&x, "glassloop_server_connections_open", &srv), 3.0);
+    assert_eq!(one(&x, "glassloop_server_serving", &srv), 1.0);
+    let unix = [("loop", la.as_str()), ("server", "8"), ("kind", "unix"), ("address", "/run/a.sock")];
+    assert_eq!(one(&x, "glassloop_server_serving", &unix), 0.0);
+    assert_eq!(one(&x, "glassloop_server_connections_accepted_total", &unix), 0.0);
     assert_eq!(one(&x, "asyncio_eventloop_stalls_total", &[("loop", &la)]), 0.0);
     assert_eq!(one(&x, "glassloop_samples_dropped_total", &[("loop", &la)]), 0.0);
     assert_eq!(one(&x, "glassloop_loop_info", &[("loop", &lb), ("name", "worker")]), 1.0);

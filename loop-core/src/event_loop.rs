@@ -11,13 +11,14 @@ use crate::clock;
 use crate::gil_cell::GilCell;
 use crate::fastcall;
 use crate::handles::{check_callback, Args, Handle, Ready, TimerHandle};
+use crate::servers::{ServerEntry, Servers};
 use crate::sites::{self, SiteOwner, Sites};
 use crate::slow::{SlowCallback, SlowLog};
 use crate::tasks::{self, TaskEntry, TaskState, Tasks};
-use crate::reactor::{Side, Watchers, WAKER_TOKEN};
+use crate::reactor::{Side, Waiter, Watchers, WAKER_TOKEN};
 use crate::stdlib;
 use crate::timers::Timers;
-use crate::transports::StreamTransport;
+use crate::transports::{StreamTransport, Transport};
 use inspector::Recorder;
 use mio::{Events, Poll, Registry, Waker};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyValueError};
@@ -51,15 +52,19 @@ pub(crate) struct State {
     /// The task whose step is running, for the parent of tasks it creates.
     pub(crate) current_task: Option<u64>,
     pub(crate) tasks: Tasks,
+    pub(crate) servers: Servers,
     pub(crate) sites: Sites,
     pub(crate) slow: SlowLog,
-    /// `asyncio.eventloop.delay`: time from ready to run, every callback (ns).
-    pub(crate) lag: hdrhistogram::Histogram<u64>,
     /// Present once the inspector runs in this process (see inspect.rs).
-    pub(crate) link: Option<crate::inspect::Link>,
+    pub(crate) link: Option<Box<crate::inspect::Link>>,
     pub(crate) closed_bytes_in: u64,
     /// Executor jobs: (queued, running, done in total).
     pub(crate) executor: (u64, u64, u64),
+    /// Connections opened (stream transports made: accepted or connected), in total.
+    pub(crate) connections: u64,
+    /// Every executor job's run time (ns) since the loop was made, for `loop.stats()`
+    /// (the recorder's own histogram is cut into samples).
+    pub(crate) executor_jobs: hdrhistogram::Histogram<u64>,
     pub(crate) closed_bytes_out: u64,
     pub(crate) timers: Timers,
     pub(crate) watchers: Watchers,
@@ -75,15 +80,10 @@ impl State {
     /// One callback (or transport event) ran: `took` ns, `lag` ns after it became
     /// ready, ending at `end_ns`. Shared by handles and Rust transport I/O.
     #[inline]
-    fn record_run(&mut self, end_ns: u64, took: u64, lag: u64, inspected: bool) {
+    fn record_run(&mut self, end_ns: u64, took: u64, lag: u64) {
         self.now_ns = end_ns;
         self.recorder.callback(took);
-        if self.recorder.enabled {
-            self.lag.saturating_record(lag.max(1));
-        }
-        if inspected {
-            self.recorder.delay(lag);
-        }
+        self.recorder.delay(lag);
     }
 }
 
@@ -92,7 +92,7 @@ pub struct LoopCore {
     pub(crate) state: GilCell<State>,
     /// Locked only by the loop thread, around the poll (with the GIL released).
     poller: Mutex<Poller>,
-    registry: Registry,
+    pub(crate) registry: Registry,
     pub(crate) waker: std::sync::Arc<Waker>,
     /// True while the loop thread is (about to be) blocked in the poll without
     /// the GIL: a thread-safe call that sees it wakes the loop, once.
@@ -105,6 +105,12 @@ pub struct LoopCore {
     pub(crate) thread_id: std::sync::Arc<AtomicU64>,
     /// Seconds, as f64 bits.
     slow_callback_duration: AtomicU64,
+    /// asyncio's Python transports the loop made (pipes, subprocesses):
+    /// `{id: (weakref, kind, created_unix_ms)}`, filled by `glassloop._tracked`,
+    /// pruned when the transport table is built.
+    pub(crate) tracked: Py<PyDict>,
+    /// The heartbeat the stall watchdog reads, once the loop joined the inspector.
+    heartbeat: std::sync::OnceLock<std::sync::Arc<inspector::Heartbeat>>,
 }
 
 fn unix_ms() -> u64 {
@@ -148,7 +154,7 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 }
 
 impl LoopCore {
-    fn check_closed(&self) -> PyResult<()> {
+    pub(crate) fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
@@ -169,7 +175,7 @@ impl LoopCore {
     }
 
     #[inline]
-    fn is_debug(&self) -> bool {
+    pub(crate) fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
     }
 
@@ -270,15 +276,25 @@ impl LoopCore {
     fn run_once(&self, py: Python<'_>, loop_obj: &Bound<'_, PyAny>) -> PyResult<()> {
         // 0. The inspector: join it once it runs; answer its questions.
         let heartbeat = if crate::inspect::active() {
-            let mut link = self.state.with(py, |s| s.link.take());
-            if link.is_none() {
-                link = Some(self.join_hub(py, loop_obj)?);
+            let (joined, asked) = self.state.with(py, |s| match &s.link {
+                Some(l) => (true, l.handle.has_queries()),
+                None => (false, false),
+            });
+            if !joined {
+                let link = self.join_hub(py, loop_obj)?;
+                let _ = self.heartbeat.set(link.heartbeat.clone());
+                self.state.with(py, |s| s.link = Some(Box::new(link)));
             }
-            let answered = self.answer_queries(py, link.as_ref().expect("just set"));
-            let heartbeat = link.as_ref().map(|l| l.heartbeat.clone());
-            self.state.with(py, |s| s.link = link);
-            answered?;
-            heartbeat
+            if asked {
+                let link = self.state.with(py, |s| s.link.take());
+                let answered = match &link {
+                    Some(l) => self.answer_queries(py, l),
+                    None => Ok(()),
+                };
+                self.state.with(py, |s| s.link = link);
+                answered?;
+            }
+            self.heartbeat.get().map(|hb| &**hb)
         } else {
             None
         };
@@ -288,7 +304,7 @@ impl LoopCore {
         // ended, a moment ago: deciding costs no clock read.
         let (has_ready, next_when, next_sample, cached_now, last_poll) = self.state.with(py, |s| {
             s.watchers.rearm(&self.registry);
-            let has_ready = !s.ready.is_empty();
+            let has_ready = !s.ready.is_empty() || s.watchers.has_rereads();
             let next_when = if has_ready {
                 // The poll won't wait for a timer; only keep the heap compact.
                 s.timers.maybe_compact(py, &mut garbage_timers);
@@ -353,6 +369,7 @@ impl LoopCore {
 
         // 3. Queue I/O callbacks and due timers (due by the clock read after the poll, as asyncio).
         let mut garbage_timers = Vec::new();
+        let mut garbage_rereads = Vec::new();
         let (ntodo, queued_any) = self.state.with(py, |s| {
             s.recorder.iterations += 1;
             s.recorder.idle_ns += poll_end - poll_start;
@@ -361,6 +378,8 @@ impl LoopCore {
                 s.last_poll_ns = poll_end;
             }
             let before = s.ready.len();
+            let State { watchers, ready, .. } = s;
+            watchers.dispatch_rereads(py, poll_end, ready, &mut garbage_rereads);
             for event in poller.iter().flat_map(|p| p.events.iter()) {
                 if event.token() == WAKER_TOKEN {
                     continue; // the thread that woke us already queued its handle
@@ -378,7 +397,7 @@ impl LoopCore {
             (s.ready.len(), s.ready.len() != before)
         });
         drop(poller);
-        drop(garbage_timers);
+        drop((garbage_timers, garbage_rereads));
 
         // 4. Run what is ready now; anything they schedule waits for the next iteration.
         let inspected = heartbeat.is_some();
@@ -395,16 +414,30 @@ impl LoopCore {
             let (handle, queued_ns) = match entry {
                 Ready::Call { handle, queued_ns } => (handle, queued_ns),
                 Ready::Io { transport, readable, writable, read_closed, queued_ns } => {
-                    // Socket I/O straight into the protocol: no Handle, no site lookup.
+                    // Socket I/O straight into the protocol: no Handle, no profile site (an
+                    // inspected loop's heartbeat names the protocol, for stalls).
                     if let Some(hb) = &heartbeat {
-                        hb.begin(t0, 0);
+                        hb.begin(t0, self.io_site(py, &transport));
                     }
-                    let result = StreamTransport::on_events(transport.bind(py), readable, writable, read_closed);
+                    let result = transport.on_events(py, readable, writable, read_closed);
                     let t1 = clock::now_ns();
                     let took = t1 - t0;
                     let lag = t0.saturating_sub(queued_ns);
                     t0 = t1;
-                    self.state.with(py, |s| s.record_run(t1, took, lag, inspected));
+                    self.state.with(py, |s| s.record_run(t1, took, lag));
+                    result?;
+                    continue;
+                }
+                Ready::Sock { fd, side, queued_ns } => {
+                    // A sock_* call's syscall, retried now that its fd is ready (sock.rs).
+                    if let Some(hb) = &heartbeat {
+                        hb.begin(t0, 0);
+                    }
+                    let result = self.complete_sock(py, fd, side);
+                    let t1 = clock::now_ns();
+                    let (took, lag) = (t1 - t0, t0.saturating_sub(queued_ns));
+                    t0 = t1;
+                    self.state.with(py, |s| s.record_run(t1, took, lag));
                     result?;
                     continue;
                 }
@@ -416,19 +449,41 @@ impl LoopCore {
                 continue;
             }
             let Some((func, args)) = h.callback_parts(py) else { continue };
-            let (task, task_site) = match tasks::step_owner(&func) {
+            // Most callbacks are no task step: no state borrow for them here.
+            let (task, task_site, task_slot) = match tasks::step_owner(&func) {
                 Some(candidate) => self.state.with(py, |s| match s.tasks.get(candidate) {
                     Some(entry) => {
                         s.current_task = Some(entry.id);
-                        (Some(candidate), entry.code.as_ref().map(|c| c.as_ptr() as u64))
+                        let code = entry.code.as_ref().map(|c| c.as_ptr() as usize);
+                        (Some(candidate), code, code.and_then(|c| s.sites.slot(c)))
                     }
-                    None => (None, None),
+                    None => (None, None, None),
                 }),
-                None => (None, None),
+                None => (None, None, None),
             };
-            let site = if task.is_none() { Some(sites::site_of(&func)) } else { None };
+            // The site (a task's coroutine code, or the callback's own) and its slot in
+            // the profile, found before the callback runs: a site seen for the first
+            // time is added (and named to the inspector) now, so a stall in this very
+            // callback is named too.
+            let (site_addr, slot) = match (task, task_site) {
+                (Some(_), Some(addr)) => match task_slot {
+                    Some(slot) => (Some(addr), slot),
+                    None => {
+                        let code = self.state.with(py, |s| task.and_then(|t| s.tasks.code_of(t)).map(|c| c.clone_ref(py)));
+                        (Some(addr), self.new_site(py, addr, code.map(SiteOwner::Code), &func))
+                    }
+                },
+                (Some(_), None) => (None, sites::OTHER),
+                (None, _) => {
+                    let (addr, code) = sites::site_of(&func);
+                    match self.state.with(py, |s| s.sites.slot(addr)) {
+                        Some(slot) => (Some(addr), slot),
+                        None => (Some(addr), self.new_site(py, addr, code.map(|c| SiteOwner::Code(c.unbind())), &func)),
+                    }
+                }
+            };
             if let Some(hb) = &heartbeat {
-                hb.begin(t0, task_site.or(site.as_ref().map(|s| s.0 as u64)).unwrap_or(0));
+                hb.begin(t0, site_addr.unwrap_or(0) as u64);
             }
 
             let result = h.call_in_context(py, &func, &args);
@@ -438,41 +493,22 @@ impl LoopCore {
             let took = t1 - t0;
             let lag = t0.saturating_sub(queued_ns);
             t0 = t1;
-            let new_site = self.state.with(py, |s| {
-                s.record_run(t1, took, lag, inspected);
+            self.state.with(py, |s| {
+                s.record_run(t1, took, lag);
                 s.current_task = None;
-                if inspected {
-                    if task.is_some() {
-                        s.recorder.task_step(took);
-                    }
+                if inspected && task.is_some() {
+                    s.recorder.task_step(took);
                 }
                 if result.is_err() {
                     s.recorder.exceptions += 1;
                 }
-                let addr = match (task, &site) {
-                    (Some(t), _) => match s.tasks.step(t, took, lag) {
-                        Some((_, Some(code))) => code,
-                        _ => return None,
-                    },
-                    (None, Some((addr, _))) => *addr,
-                    (None, None) => return None,
-                };
-                if s.sites.record_known(addr, took) || s.sites.is_full() {
-                    return None;
+                if let Some(t) = task {
+                    s.tasks.step(t, took, lag);
                 }
-                // The first run at this site: keep what names it.
-                let owner = match (task, &site) {
-                    (Some(t), _) => s.tasks.code_of(t).map(|c| SiteOwner::Code(c.clone_ref(py))),
-                    (None, Some((_, code))) => code.as_ref().map(|c| SiteOwner::Code(c.clone().unbind())),
-                    (None, None) => None,
-                };
-                Some((addr, owner))
+                if site_addr.is_some() {
+                    s.sites.add(slot, took);
+                }
             });
-            if let Some((addr, owner)) = new_site {
-                let owner = owner.unwrap_or_else(|| SiteOwner::Named(sites::builtin_name(&func)));
-                let rejected = self.state.with(py, |s| s.sites.record_new(addr, owner, took));
-                drop(rejected);
-            }
             let is_slow = took >= slow_ns;
             if is_slow {
                 self.record_slow(py, h, &func, task, took, debug)?;
@@ -493,27 +529,34 @@ impl LoopCore {
         }
         let end = t0;
         let busy = end - busy_start;
-        let mut link = self.state.with(py, |s| {
+        // The link leaves the state only when something is due (it is boxed: a move is a pointer).
+        let (iterations, mut link) = self.state.with(py, |s| {
             s.recorder.busy_ns += busy;
-            s.link.take()
+            let due = s.link.as_ref().is_some_and(|l| l.is_due(end));
+            (s.recorder.iterations, if due { s.link.take() } else { None })
         });
-        if let Some(hb) = &heartbeat {
+        if let Some(hb) = heartbeat {
             hb.idle();
+            hb.iteration(iterations);
         }
         // 5. Samples and tables for the inspector, when due.
-        let published = match &mut link {
-            Some(l) => {
-                l.heartbeat.iteration(self.state.with(py, |s| s.recorder.iterations));
-                self.publish(py, l, end)
-            }
-            None => Ok(()),
-        };
-        self.state.with(py, |s| s.link = link);
-        published
+        if let Some(l) = &mut link {
+            let published = self.publish(py, l, end);
+            self.state.with(py, |s| s.link = link);
+            published?;
+        }
+        Ok(())
     }
 
-    /// Adds a task to the task table; `coro` is its coroutine when the caller has it.
-    fn task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>, coro: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    /// Adds a task to the task table; `coro` is its coroutine when the caller has
+    /// it, `context` the one `create_task` was given (the task runs in it), if any.
+    fn task_created(
+        &self,
+        py: Python<'_>,
+        task: &Bound<'_, PyAny>,
+        coro: Option<&Bound<'_, PyAny>>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         // SAFETY: GIL held; PyWeakref_NewRef returns a new reference or NULL with an error set.
         let weak = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))? }.unbind();
         let coro = match coro {
@@ -524,6 +567,11 @@ impl LoopCore {
             .and_then(|c| c.getattr(pyo3::intern!(py, "cr_code")).or_else(|_| c.getattr(pyo3::intern!(py, "gi_code"))).ok())
             .map(Bound::unbind);
         let created_unix_ms = unix_ms();
+        let app_span = if crate::otel::capturing() {
+            crate::otel::current_span(py, context.filter(|c| !c.is_none())).map(Box::new)
+        } else {
+            None
+        };
         let gone = self.state.with(py, |s| {
             let entry = TaskEntry {
                 id: s.tasks.next_id(),
@@ -539,6 +587,7 @@ impl LoopCore {
                 busy_ns: 0,
                 longest_step_ns: 0,
                 last_delay_ns: 0,
+                app_span,
             };
             s.tasks.insert(task.as_ptr() as usize, entry, py)
         });
@@ -560,6 +609,25 @@ impl LoopCore {
         let now_ms = unix_ms();
         let dropped = self.state.with(py, |s| s.tasks.finish(task_ptr, state, exc, name, now_ms));
         drop(dropped);
+    }
+
+    /// Adds a site seen for the first time to the profile (returns its slot) and,
+    /// when the loop is inspected, tells the inspector its name.
+    fn new_site(&self, py: Python<'_>, addr: usize, owner: Option<SiteOwner>, func: &Bound<'_, PyAny>) -> u32 {
+        if self.state.with(py, |s| s.sites.is_full()) {
+            return sites::OTHER;
+        }
+        let owner = owner.unwrap_or_else(|| SiteOwner::Named(sites::builtin_name(func)));
+        let label = crate::inspect::active().then(|| owner.describe(py).label());
+        let (slot, rejected) = self.state.with(py, |s| {
+            let inserted = s.sites.insert(addr, owner);
+            if let (Some(link), Some(label)) = (s.link.as_mut(), label) {
+                link.name_site(addr as u64, label);
+            }
+            inserted
+        });
+        drop(rejected);
+        slot
     }
 
     fn record_slow(&self, py: Python<'_>, h: &Handle, func: &Bound<'_, PyAny>, task: Option<usize>, took: u64, debug: bool) -> PyResult<()> {
@@ -631,12 +699,14 @@ impl LoopCore {
                 now_ns: clock::now_ns(),
                 current_task: None,
                 tasks: Tasks::default(),
+                servers: Servers::default(),
                 sites: Sites::default(),
                 slow: SlowLog::default(),
-                lag: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("static bounds"),
                 link: None,
                 closed_bytes_in: 0,
                 executor: (0, 0, 0),
+                connections: 0,
+                executor_jobs: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 2).expect("static bounds"),
                 closed_bytes_out: 0,
                 timers: Timers::default(),
                 watchers: Watchers::default(),
@@ -651,6 +721,8 @@ impl LoopCore {
             debug: AtomicBool::new(false),
             thread_id: std::sync::Arc::new(AtomicU64::new(0)),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
+            tracked: Python::attach(|py| PyDict::new(py).unbind()),
+            heartbeat: std::sync::OnceLock::new(),
         })
     }
 
@@ -663,11 +735,14 @@ impl LoopCore {
                 for r in &s.ready {
                     match r {
                         Ready::Call { handle, .. } => visit.call(handle)?,
-                        Ready::Io { transport, .. } => visit.call(transport)?,
+                        Ready::Io { transport, .. } => visit.call(transport.as_any())?,
+                        Ready::Sock { .. } => {}
                     }
                 }
                 s.timers.traverse(&visit)?;
                 s.watchers.traverse(&visit)?;
+                s.servers.traverse(&visit)?;
+                visit.call(&self.tracked)?;
                 s.tasks.traverse(&visit)
             })
             .unwrap_or(Ok(()))
@@ -719,6 +794,35 @@ impl LoopCore {
 
     fn _remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.remove_watcher(py, fd, Side::Write)
+    }
+
+    // The syscalls and waits of the sock_* methods (sock.rs); the coroutines are in _loop.py.
+    fn _sock_recv(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, n: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::recv(slf, sock, n)
+    }
+    fn _sock_recv_into(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::recv_into(slf, sock, buf)
+    }
+    fn _sock_recvfrom(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, bufsize: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::recvfrom(slf, sock, bufsize)
+    }
+    fn _sock_recvfrom_into(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::recvfrom_into(slf, sock, buf, nbytes)
+    }
+    fn _sock_sendall(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::sendall(slf, sock, data)
+    }
+    fn _sock_sendto(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::sendto(slf, sock, data, address)
+    }
+    fn _sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::accept(slf, sock)
+    }
+    fn _sock_connect(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        crate::sock::connect(slf, sock, address)
+    }
+    fn _sock_abandon(&self, py: Python<'_>, sock: &Bound<'_, PyAny>, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.abandon_sock(py, sock, future)
     }
 
     /// `(reading, writing)` for a watched fd, or None: backs the selector view.
@@ -795,16 +899,18 @@ impl LoopCore {
                 pyo3::ffi::PyObject_Vectorcall(task_type.as_ptr(), values.as_ptr(), 1, kwnames.as_ptr()),
             )?
         };
-        this.task_created(py, &task, Some(coro))?;
+        this.task_created(py, &task, Some(coro), context)?;
         Ok(task)
     }
 
     /// Executor bookkeeping, called (with the GIL) by the job wrapper of
-    /// `run_in_executor`: 0 = queued, 1 = started, 2 = finished after `duration_ns`.
+    /// `run_in_executor`: 0 = queued, 1 = started, 2 = finished after `duration_ns`,
+    /// 3 = left the queue without running (cancelled, or the submit failed).
     #[pyo3(signature = (event, duration_ns = 0))]
     fn _executor_event(&self, py: Python<'_>, event: u8, duration_ns: u64) {
         self.state.with(py, |s| match event {
             0 => s.executor.0 += 1,
+            3 => s.executor.0 = s.executor.0.saturating_sub(1),
             1 => {
                 s.executor.0 = s.executor.0.saturating_sub(1);
                 s.executor.1 += 1;
@@ -813,13 +919,98 @@ impl LoopCore {
                 s.executor.1 = s.executor.1.saturating_sub(1);
                 s.executor.2 += 1;
                 s.recorder.executor_job(duration_ns);
+                if s.recorder.enabled {
+                    s.executor_jobs.saturating_record(duration_ns.max(1));
+                }
             }
         });
     }
 
-    /// Adds a task made by `create_task` to the task table.
-    fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.task_created(py, task, None)
+    /// Counts a connection (a stream transport made for an accepted or connected
+    /// socket, plain or TLS): `asyncio.connections`.
+    fn _connection_opened(&self, py: Python<'_>) {
+        self.state.with(py, |s| s.connections += 1);
+    }
+
+    /// Adds a task made by `create_task` to the task table; `context` is the one
+    /// `create_task` was given (the task runs in it), if any.
+    #[pyo3(signature = (task, context = None))]
+    fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>, context: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.task_created(py, task, None, context)
+    }
+
+    /// Adds a server made by `create_server`/`create_unix_server` to the server table.
+    /// `kind` is "tcp" or "unix"; `addresses` are the listening sockets' names.
+    fn _server_created(
+        &self,
+        py: Python<'_>,
+        server: &Bound<'_, PyAny>,
+        kind: &str,
+        tls: bool,
+        addresses: Vec<String>,
+        protocol_factory: String,
+    ) -> PyResult<()> {
+        let weak = pyo3::types::PyWeakrefReference::new(server)?.into_any().unbind();
+        let kind = match kind {
+            "unix" => inspector::TransportKind::Unix,
+            _ => inspector::TransportKind::Tcp,
+        };
+        let created_unix_ms = unix_ms();
+        let gone = self.state.with(py, |s| {
+            let entry = ServerEntry {
+                id: s.servers.next_id(),
+                weak,
+                kind,
+                tls,
+                addresses,
+                protocol_factory,
+                created_unix_ms,
+                accepted: 0,
+                refused: 0,
+            };
+            s.servers.insert(server.as_ptr() as usize, entry)
+        });
+        drop(gone);
+        Ok(())
+    }
+
+    /// A server accepted a connection (asyncio handed the socket to a transport).
+    fn _server_accepted(&self, py: Python<'_>, server: &Bound<'_, PyAny>) {
+        self.state.with(py, |s| {
+            if let Some(e) = s.servers.get_mut(server.as_ptr() as usize) {
+                e.accepted += 1;
+            }
+        });
+    }
+
+    /// A server's `accept()` failed.
+    fn _server_refused(&self, py: Python<'_>, server: &Bound<'_, PyAny>) {
+        self.state.with(py, |s| {
+            if let Some(e) = s.servers.get_mut(server.as_ptr() as usize) {
+                e.refused += 1;
+            }
+        });
+    }
+
+    /// The server table as plain dicts, oldest server first.
+    fn _servers<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let mut out = Vec::new();
+        for r in self.server_records(py)? {
+            let d = PyDict::new(py);
+            d.set_item("id", r.id)?;
+            d.set_item("kind", r.kind.as_str())?;
+            d.set_item("addresses", r.addresses)?;
+            d.set_item("protocol_factory", r.protocol_factory)?;
+            d.set_item("tls", r.tls)?;
+            d.set_item("created_unix_ms", r.created_unix_ms)?;
+            d.set_item("state", r.state)?;
+            d.set_item("serving", r.serving)?;
+            d.set_item("accepted", r.accepted)?;
+            d.set_item("open", r.open)?;
+            d.set_item("refused", r.refused)?;
+            out.push(d);
+        }
+        Ok(out)
     }
 
     /// The task table as plain dicts: live tasks first, then recently finished ones.
@@ -844,6 +1035,9 @@ impl LoopCore {
             d.set_item("busy_seconds", r.busy_ns as f64 / 1e9)?;
             d.set_item("longest_step_seconds", r.longest_step_ns as f64 / 1e9)?;
             d.set_item("last_scheduled_delay_seconds", r.last_scheduled_delay_ns as f64 / 1e9)?;
+            d.set_item("trace_id", r.trace_id)?;
+            d.set_item("parent_span_id", r.parent_span_id)?;
+            d.set_item("trace_flags", r.trace_flags)?;
             if let Some(t) = task {
                 d.set_item("task", t)?;
             }
@@ -889,8 +1083,14 @@ impl LoopCore {
         Ok(out)
     }
 
-    /// The transport table (Rust transports), as plain dicts.
-    fn _transports<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    /// The registry of asyncio's Python transports (see `glassloop._tracked`).
+    #[getter]
+    fn _tracked_transports(&self, py: Python<'_>) -> Py<PyDict> {
+        self.tracked.clone_ref(py)
+    }
+
+    /// The transport table (Rust transports, then asyncio's Python ones), as plain dicts.
+    fn _transports_table<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let mut out = Vec::new();
         for t in self.transport_records(py)? {
             let d = PyDict::new(py);
@@ -926,10 +1126,9 @@ impl LoopCore {
         let (snap, ready, timers, timers_cancelled, fds) = self.state.with(py, |s| {
             (s.recorder.snapshot(), s.ready.len(), s.timers.len(), s.timers.cancelled_len(), s.watchers.len())
         });
-        let (lag, tasks_live, tasks_created, tasks_finished, sites) = self.state.with(py, |s| {
-            let l = &s.lag;
+        let lag = (snap.delay_count, snap.delay_p50_ns, snap.delay_p99_ns, snap.delay_max_ns);
+        let (tasks_live, tasks_created, tasks_finished, sites) = self.state.with(py, |s| {
             (
-                (l.len(), l.value_at_quantile(0.5), l.value_at_quantile(0.99), l.max()),
                 s.tasks.live_len(),
                 s.tasks.created_total,
                 s.tasks.finished_total,
@@ -947,7 +1146,8 @@ impl LoopCore {
         d.set_item("timers_pending", timers - timers_cancelled.min(timers))?;
         d.set_item("timers_in_heap", timers)?;
         d.set_item("fds_registered", fds + self.state.with(py, |s| s.watchers.transport_count()))?;
-        d.set_item("transports_open", self.state.with(py, |s| s.watchers.transport_count()))?;
+        d.set_item("transports_open", self.state.with(py, |s| s.watchers.transport_count()) + self.tracked.bind(py).len())?;
+        d.set_item("connections", self.state.with(py, |s| s.connections))?;
         let cb = PyDict::new(py);
         cb.set_item("count", snap.callback_count)?;
         cb.set_item("p50", snap.callback_p50_ns as f64 / 1e9)?;
@@ -970,11 +1170,20 @@ impl LoopCore {
         d.set_item("tasks_created", tasks_created)?;
         d.set_item("tasks_finished", tasks_finished)?;
         d.set_item("callback_sites", sites)?;
-        let (queued, running, done) = self.state.with(py, |s| s.executor);
+        let ((queued, running, done), jobs) = self.state.with(py, |s| {
+            let h = &s.executor_jobs;
+            (s.executor, (h.len(), h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()))
+        });
         let ex = PyDict::new(py);
         ex.set_item("queued", queued)?;
         ex.set_item("running", running)?;
         ex.set_item("done", done)?;
+        let jd = PyDict::new(py);
+        jd.set_item("count", jobs.0)?;
+        jd.set_item("p50", jobs.1 as f64 / 1e9)?;
+        jd.set_item("p99", jobs.2 as f64 / 1e9)?;
+        jd.set_item("max", jobs.3 as f64 / 1e9)?;
+        ex.set_item("job_duration", jd)?;
         d.set_item("executor", ex)?;
         Ok(d)
     }
@@ -995,6 +1204,12 @@ impl LoopCore {
     #[setter(_stopping)]
     fn set_stopping_flag(&self, value: bool) {
         self.stopping.store(value, Ordering::Relaxed);
+    }
+
+    /// Whether the loop is in debug mode. In Rust because every Future and Task
+    /// asks at creation: asyncio's Python version costs each of them a frame.
+    fn get_debug(&self) -> bool {
+        self.is_debug()
     }
 
     #[getter(_debug)]
@@ -1044,18 +1259,24 @@ impl LoopCore {
     }
 
     /// Registers a Rust transport's fd for the transport's life.
-    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
+    pub(crate) fn register_transport(&self, py: Python<'_>, fd: RawFd, transport: impl Into<Transport>) -> PyResult<()> {
         self.check_closed()?;
-        let old = self.state.with(py, |s| s.watchers.add_transport(&self.registry, fd, transport)).map_err(os_error)?;
+        let old = self.state.with(py, |s| s.watchers.add_transport(&self.registry, fd, transport.into())).map_err(os_error)?;
         drop(old);
         Ok(())
+    }
+
+    /// Watches a registered transport's fd for writability too (`true`) or reading only.
+    pub(crate) fn set_transport_writable(&self, py: Python<'_>, fd: RawFd, writable: bool) -> PyResult<()> {
+        let interest = if writable { mio::Interest::READABLE | mio::Interest::WRITABLE } else { mio::Interest::READABLE };
+        self.state.with(py, |s| s.watchers.set_transport_interest(&self.registry, fd, interest)).map_err(os_error)
     }
 
     pub(crate) fn deregister_transport(&self, py: Python<'_>, fd: RawFd) {
         let old = self.state.with(py, |s| s.watchers.remove_transport(&self.registry, fd));
         if let Some(t) = &old {
             // Keep the bytes of closed transports in the loop's totals.
-            let stats = t.get().stats(py);
+            let stats = t.stats(py);
             self.state.with(py, |s| {
                 s.closed_bytes_in += stats.bytes_in;
                 s.closed_bytes_out += stats.bytes_out;
@@ -1068,7 +1289,7 @@ impl LoopCore {
     pub(crate) fn transport_bytes(&self, py: Python<'_>) -> (u64, u64) {
         let (live, mut total) = self.state.with(py, |s| (s.watchers.transports(py), (s.closed_bytes_in, s.closed_bytes_out)));
         for t in live {
-            let st = t.get().stats(py);
+            let st = t.stats(py);
             total.0 += st.bytes_in;
             total.1 += st.bytes_out;
         }
@@ -1077,22 +1298,34 @@ impl LoopCore {
 
     /// Queues I/O work for a transport in the next iteration (reads that may have
     /// more waiting, and reads after resume_reading, which raise no new event).
-    pub(crate) fn queue_io(&self, py: Python<'_>, transport: Py<StreamTransport>, readable: bool, writable: bool) {
+    pub(crate) fn queue_io(&self, py: Python<'_>, transport: impl Into<Transport>, readable: bool, writable: bool) {
         self.state.with(py, |s| {
             let queued_ns = s.now_ns;
             // No event tells us whether a FIN is waiting: read until EAGAIN or EOF.
-            s.ready.push_back(Ready::Io { transport, readable, writable, read_closed: true, queued_ns })
+            s.ready.push_back(Ready::Io { transport: transport.into(), readable, writable, read_closed: true, queued_ns })
         });
+    }
+
+    /// Reads a transport with the next poll's events, as if the poll reported it
+    /// (reads that may have more waiting, and reads after resume_reading, which
+    /// raise no new event).
+    pub(crate) fn queue_read(&self, py: Python<'_>, transport: Py<StreamTransport>) {
+        self.state.with(py, |s| s.watchers.reread(transport));
     }
 
     fn add_watcher(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, side: Side, callback: Bound<'_, PyAny>, args: Bound<'_, PyTuple>) -> PyResult<Py<Handle>> {
         self.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
         let handle = Py::new(py, Handle::new(py, callback, args, None, self.is_debug())?)?;
-        let watched = handle.clone_ref(py);
-        let replaced = self.state.with(py, |s| s.watchers.add(&self.registry, fd, side, watched)).map_err(os_error)?;
-        if let Some(old) = replaced {
-            old.get().cancel_inner(py);
+        let watched = Waiter::Handle(handle.clone_ref(py));
+        let replaced = self.state.with(py, |s| s.watchers.add(py, &self.registry, fd, side, watched));
+        match replaced {
+            Ok(Some(old)) => old.cancel(py),
+            Ok(None) => {}
+            Err((e, rejected)) => {
+                drop(rejected);
+                return Err(os_error(e));
+            }
         }
         Ok(handle)
     }
@@ -1104,8 +1337,8 @@ impl LoopCore {
         let fd = fileobj_to_fd(fd)?;
         let removed = self.state.with(py, |s| s.watchers.remove(&self.registry, fd, side));
         match removed {
-            Some(handle) => {
-                handle.get().cancel_inner(py);
+            Some(waiter) => {
+                waiter.cancel(py);
                 Ok(true)
             }
             None => Ok(false),

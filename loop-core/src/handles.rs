@@ -40,7 +40,9 @@ pub enum Ready {
     Call { handle: Py<Handle>, queued_ns: u64 },
     /// A Rust transport whose socket is ready: no Python handle involved.
     /// `read_closed`: the peer's FIN may be waiting behind the data (see stream.rs).
-    Io { transport: Py<crate::transports::StreamTransport>, readable: bool, writable: bool, read_closed: bool, queued_ns: u64 },
+    Io { transport: crate::transports::Transport, readable: bool, writable: bool, read_closed: bool, queued_ns: u64 },
+    /// A `sock_*` call waiting on this side of the fd may go on (see sock.rs).
+    Sock { fd: std::os::unix::io::RawFd, side: crate::reactor::Side, queued_ns: u64 },
 }
 
 /// Runs `f` with `ctx` (a `contextvars.Context`) entered, as `Context.run` would.

@@ -10,10 +10,11 @@ use crate::event_loop::LoopCore;
 use crate::sites::{self, SiteOwner};
 use crate::tasks::TaskState;
 use inspector::{
-    CallbackSite, Heartbeat, Hub, LoopHandle, LoopInfo, QueryKind, QueryReply, SlowCallbackEvent, Tables,
+    CallbackSite, Heartbeat, Hub, LoopHandle, LoopInfo, QueryKind, QueryReply, ServerRecord, SlowCallbackEvent, Tables,
     TaskRecord, TaskState as RecordState, TransportRecord,
 };
 use pyo3::prelude::*;
+use rustc_hash::FxHashSet as HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -43,6 +44,8 @@ pub fn start_otlp(config: inspector::otlp::OtlpConfig) -> Result<inspector::otlp
     let info = inspector::otlp::start(config)?;
     if info.enabled {
         ACTIVE.store(true, Ordering::Relaxed);
+        // Task spans join the application's trace: tasks record its current span.
+        crate::otel::set_capturing(info.traces.is_some());
     }
     Ok(info)
 }
@@ -51,6 +54,7 @@ pub fn start_otlp(config: inspector::otlp::OtlpConfig) -> Result<inspector::otlp
 /// they held may be held forever, so the child's loops stay out of the hub.
 pub fn after_fork_in_child() {
     ACTIVE.store(false, Ordering::Relaxed);
+    crate::otel::set_capturing(false);
 }
 
 pub struct Link {
@@ -63,6 +67,36 @@ pub struct Link {
     pub last_tasks_finished: u64,
     pub last_bytes: (u64, u64),
     pub last_executor_done: u64,
+    pub last_connections: u64,
+    /// Site names the hub could not take at once (its lock was busy): offered again.
+    pending_names: Vec<(u64, String)>,
+    /// Protocol classes whose transport I/O was named to the hub (a stall inside
+    /// `data_received` is named after it).
+    named_io: HashSet<usize>,
+}
+
+/// Most protocol classes named per loop.
+const MAX_NAMED_IO: usize = 1024;
+
+impl Link {
+    /// Whether `publish` has something to do at `now_ns`.
+    #[inline]
+    pub(crate) fn is_due(&self, now_ns: u64) -> bool {
+        now_ns >= self.next_sample_ns || now_ns >= self.next_tables_ns || !self.pending_names.is_empty()
+    }
+
+    /// Tells the hub a site's label (see `LoopHandle::name_site`).
+    pub(crate) fn name_site(&mut self, id: u64, label: String) {
+        if let Err(label) = self.handle.name_site(id, label) {
+            self.pending_names.push((id, label));
+        }
+    }
+
+    fn flush_names(&mut self) {
+        for (id, label) in std::mem::take(&mut self.pending_names) {
+            self.name_site(id, label);
+        }
+    }
 }
 
 fn task_state(s: TaskState) -> RecordState {
@@ -98,7 +132,7 @@ impl LoopCore {
         let now = crate::clock::now_ns();
         // The first sample covers everything since the loop was made (as the
         // recorder's first cut does), so the totals start at zero.
-        Ok(Link {
+        let mut link = Link {
             handle,
             heartbeat,
             next_sample_ns: now + SAMPLE_INTERVAL_NS,
@@ -107,11 +141,46 @@ impl LoopCore {
             last_tasks_finished: 0,
             last_bytes: (0, 0),
             last_executor_done: 0,
-        })
+            last_connections: 0,
+            pending_names: Vec::new(),
+            named_io: HashSet::default(),
+        };
+        // Sites met before the loop joined: named now, as later ones are when first met.
+        for (addr, owner) in self.state.with(py, |s| s.sites.owners(py)) {
+            link.name_site(addr as u64, owner.describe(py).label());
+        }
+        Ok(link)
+    }
+
+    /// The heartbeat's site for a Rust transport's I/O: its protocol's class, named
+    /// after the method the data goes to the first time the loop meets the class.
+    pub(crate) fn io_site(&self, py: Python<'_>, transport: &crate::transports::Transport) -> u64 {
+        let Some((class, method)) = transport.protocol_class(py) else { return 0 };
+        let addr = class.as_ptr() as usize;
+        let known = self.state.with(py, |s| s.link.as_ref().is_none_or(|l| l.named_io.contains(&addr) || l.named_io.len() >= MAX_NAMED_IO));
+        if !known {
+            let label = match class.getattr(method) {
+                Ok(f) => match sites::site_of(&f) {
+                    (_, Some(code)) => sites::describe(&code).label(),
+                    _ => format!("{}.{method}", class.qualname().map(|q| q.to_string()).unwrap_or_default()),
+                },
+                Err(_) => class.qualname().map(|q| q.to_string()).unwrap_or_default(),
+            };
+            self.state.with(py, |s| {
+                if let Some(link) = s.link.as_mut() {
+                    link.named_io.insert(addr);
+                    link.name_site(addr as u64, label);
+                }
+            });
+        }
+        addr as u64
     }
 
     /// End of an iteration: sample and publish what is due.
     pub(crate) fn publish(&self, py: Python<'_>, link: &mut Link, now_ns: u64) -> PyResult<()> {
+        if !link.pending_names.is_empty() {
+            link.flush_names();
+        }
         if now_ns >= link.next_sample_ns {
             link.next_sample_ns = now_ns + SAMPLE_INTERVAL_NS;
             let bytes = self.transport_bytes(py);
@@ -124,11 +193,13 @@ impl LoopCore {
                 sample.tasks_finished = s.tasks.finished_total - link.last_tasks_finished;
                 link.last_tasks_created = s.tasks.created_total;
                 link.last_tasks_finished = s.tasks.finished_total;
-                sample.transports_open = s.watchers.transport_count() as u64;
+                sample.transports_open = (s.watchers.transport_count() + self.tracked.bind(py).len()) as u64;
                 sample.executor_queued = s.executor.0;
                 sample.executor_running = s.executor.1;
                 sample.executor_done = s.executor.2 - link.last_executor_done;
                 link.last_executor_done = s.executor.2;
+                sample.connections = s.connections - link.last_connections;
+                link.last_connections = s.connections;
                 sample
             });
             sample.bytes_in = bytes.0.saturating_sub(link.last_bytes.0);
@@ -169,7 +240,7 @@ impl LoopCore {
             unix_ms: inspector::clock::unix_ms(),
             tasks: self.task_records(py, TABLE_ROWS)?.into_iter().map(|(r, _)| r).collect(),
             transports: self.transport_records(py)?,
-            servers: Vec::new(),
+            servers: self.server_records(py)?,
             callback_sites: self.site_records(py, "total", TABLE_ROWS),
             slow_callbacks: self.slow_records(py),
             // The loop sends its busiest TABLE_ROWS live tasks; say so when there are more.
@@ -205,6 +276,9 @@ impl LoopCore {
                     busy_ns: e.busy_ns,
                     longest_step_ns: e.longest_step_ns,
                     last_scheduled_delay_ns: e.last_delay_ns,
+                    trace_id: e.app_span.as_ref().map(|a| a.trace_id_hex()),
+                    parent_span_id: e.app_span.as_ref().map(|a| a.span_id_hex()),
+                    trace_flags: e.app_span.as_ref().map_or(0, |a| a.flags),
                 },
             };
             let mut live: Vec<&crate::tasks::TaskEntry> = s.tasks.live().map(|(_, e)| e).collect();
@@ -276,8 +350,91 @@ impl LoopCore {
         let transports = self.state.with(py, |s| s.watchers.transports(py));
         let mut out = Vec::with_capacity(transports.len());
         for t in transports {
-            out.push(t.bind(py).get().record(py)?);
+            out.push(t.record(py)?);
         }
+        out.extend(self.tracked_records(py)?);
+        Ok(out)
+    }
+
+    /// asyncio's Python transports (pipes, subprocesses): rows built by
+    /// `glassloop._tracked.rows`, which also forgets the closed and collected ones.
+    fn tracked_records(&self, py: Python<'_>) -> PyResult<Vec<TransportRecord>> {
+        let tracked = self.tracked.bind(py);
+        if tracked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = crate::stdlib::tracked_rows(py)?.call1((tracked,))?;
+        let mut out = Vec::new();
+        for row in rows.try_iter()? {
+            let row = row?;
+            let at = |i: usize| row.get_item(i);
+            let kind: String = at(1)?.extract()?;
+            out.push(TransportRecord {
+                id: at(0)?.extract()?,
+                kind: inspector::TransportKind::parse(&kind).unwrap_or_default(),
+                local: at(2)?.extract()?,
+                peer: at(3)?.extract()?,
+                protocol: at(4)?.extract()?,
+                created_unix_ms: at(5)?.extract()?,
+                bytes_in: at(6)?.extract()?,
+                bytes_out: at(7)?.extract()?,
+                calls_in: at(8)?.extract()?,
+                calls_out: at(9)?.extract()?,
+                write_buffer: at(10)?.extract()?,
+                write_buffer_high_water: at(11)?.extract()?,
+                reading_paused: at(12)?.extract()?,
+                writing_paused: at(13)?.extract()?,
+                paused_reading_ns: at(14)?.extract()?,
+                paused_writing_ns: at(15)?.extract()?,
+                state: at(16)?.extract()?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The server table, oldest first. Counters come from the table; whether the
+    /// server listens and its open connections are read from the `Server` itself.
+    pub(crate) fn server_records(&self, py: Python<'_>) -> PyResult<Vec<ServerRecord>> {
+        let (rows, gone) = self.state.with(py, |s| {
+            let gone = s.servers.prune();
+            let rows: Vec<(Py<PyAny>, ServerRecord)> = s
+                .servers
+                .entries()
+                .map(|e| {
+                    let record = ServerRecord {
+                        id: e.id,
+                        kind: e.kind,
+                        addresses: e.addresses.clone(),
+                        accepted: e.accepted,
+                        refused: e.refused,
+                        protocol_factory: e.protocol_factory.clone(),
+                        tls: e.tls,
+                        created_unix_ms: e.created_unix_ms,
+                        ..Default::default()
+                    };
+                    (e.weak.clone_ref(py), record)
+                })
+                .collect();
+            (rows, gone)
+        });
+        drop(gone);
+        let mut out = Vec::with_capacity(rows.len());
+        for (weak, mut record) in rows {
+            let server = weak.bind(py).call0()?;
+            if server.is_none() {
+                continue;
+            }
+            record.serving = server.call_method0("is_serving").and_then(|v| v.is_truthy()).unwrap_or(false);
+            // asyncio's own count of the server's connections: `_clients` (3.13+) or `_active_count`.
+            record.open = match server.getattr("_clients") {
+                Ok(clients) => clients.len().unwrap_or(0) as u64,
+                Err(_) => server.getattr("_active_count").and_then(|n| n.extract()).unwrap_or(0),
+            };
+            let closed = server.getattr("_sockets").map(|s| s.is_none()).unwrap_or(false);
+            record.state = if record.serving { "serving" } else if closed { "closed" } else { "idle" }.to_string();
+            out.push(record);
+        }
+        out.sort_by_key(|r| r.id);
         Ok(out)
     }
 

@@ -42,11 +42,22 @@ struct Site {
     stats: SiteStats,
 }
 
+/// Sites by address. A site gets its slot (an index into `sites`) before its
+/// first callback runs, so the inspector can be told its name while that callback
+/// may still be running (a stall on a site never seen before is still named).
 #[derive(Default)]
 pub struct Sites {
-    sites: HashMap<usize, Site>,
+    index: HashMap<usize, u32>,
+    sites: Vec<Site>,
     other: SiteStats,
+    /// The last site found, as (address, slot): callbacks come in runs of one site
+    /// (a callback chain, a burst, one task's steps), so most lookups skip the hash.
+    /// Slots are never reused, so the pair stays true.
+    last: std::cell::Cell<Option<(usize, u32)>>,
 }
+
+/// Where the loop's site table is full: runs are summed under "other".
+pub const OTHER: u32 = u32::MAX;
 
 /// Where a site's code lives, as the JSON API and dashboard show it.
 pub struct SiteName {
@@ -55,49 +66,71 @@ pub struct SiteName {
     pub line: u32,
 }
 
+impl SiteName {
+    /// `qualname (file:line)`, how stalls and slow callbacks name a site.
+    pub fn label(&self) -> String {
+        format!("{} ({}:{})", self.qualname, self.file, self.line)
+    }
+}
+
 impl Sites {
-    /// Records a run at a site seen for the first time (after `record_known` said no).
-    pub fn record_new(&mut self, addr: usize, owner: SiteOwner, ns: u64) -> Option<SiteOwner> {
-        if let Some(site) = self.sites.get_mut(&addr) {
-            site.stats.add(ns);
-            return Some(owner);
+    /// The slot of a site already in the table: one hash lookup, no object needed.
+    #[inline]
+    pub fn slot(&self, addr: usize) -> Option<u32> {
+        match self.last.get() {
+            Some((last, slot)) if last == addr => Some(slot),
+            _ => {
+                let slot = *self.index.get(&addr)?;
+                self.last.set(Some((addr, slot)));
+                Some(slot)
+            }
+        }
+    }
+
+    /// Adds a site seen for the first time and returns its slot ([`OTHER`] when the
+    /// table is full; the owner is then handed back to be dropped outside the state).
+    pub fn insert(&mut self, addr: usize, owner: SiteOwner) -> (u32, Option<SiteOwner>) {
+        if let Some(slot) = self.slot(addr) {
+            return (slot, Some(owner));
         }
         if self.sites.len() >= MAX_SITES {
-            self.other.add(ns);
-            return Some(owner);
+            return (OTHER, Some(owner));
         }
-        let mut stats = SiteStats::default();
-        stats.add(ns);
-        self.sites.insert(addr, Site { owner, stats });
-        None
+        let slot = self.sites.len() as u32;
+        self.sites.push(Site { owner, stats: SiteStats::default() });
+        self.index.insert(addr, slot);
+        (slot, None)
+    }
+
+    /// Records one run at a slot from [`slot`](Self::slot) or [`insert`](Self::insert).
+    #[inline]
+    pub fn add(&mut self, slot: u32, ns: u64) {
+        match self.sites.get_mut(slot as usize) {
+            Some(site) => site.stats.add(ns),
+            None => self.other.add(ns),
+        }
     }
 
     pub fn is_full(&self) -> bool {
         self.sites.len() >= MAX_SITES
     }
 
-    /// A site already known by address: no object needed.
-    #[inline]
-    pub fn record_known(&mut self, addr: usize, ns: u64) -> bool {
-        match self.sites.get_mut(&addr) {
-            Some(site) => {
-                site.stats.add(ns);
-                true
-            }
-            None => false,
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.sites.len()
+    }
+
+    /// Every site's address and owner (to name them all to the inspector when a loop joins it).
+    pub fn owners(&self, py: Python<'_>) -> Vec<(usize, SiteOwner)> {
+        self.index.iter().map(|(addr, slot)| (*addr, self.sites[*slot as usize].owner.clone_ref(py))).collect()
     }
 
     /// The `limit` heaviest sites by `order` ("total", "count" or "max"), with their owners.
     pub fn top(&self, py: Python<'_>, order: &str, limit: usize) -> Vec<(usize, SiteOwner, SiteStats)> {
         let mut all: Vec<(usize, &Site, u64)> = self
-            .sites
+            .index
             .iter()
-            .map(|(addr, s)| {
+            .map(|(addr, slot)| {
+                let s = &self.sites[*slot as usize];
                 let k = match order {
                     "count" => s.stats.count,
                     "max" => s.stats.max_ns,
@@ -109,8 +142,6 @@ impl Sites {
         all.sort_unstable_by(|a, b| b.2.cmp(&a.2));
         all.into_iter().take(limit).map(|(addr, s, _)| (addr, s.owner.clone_ref(py), s.stats)).collect()
     }
-
-
 }
 
 impl SiteOwner {

@@ -25,5 +25,7 @@ cached_attr!(asyncio_logger, "asyncio.log", "logger");
 cached_attr!(iscoroutine, "asyncio.coroutines", "iscoroutine");
 cached_attr!(iscoroutinefunction, "asyncio.coroutines", "iscoroutinefunction");
 cached_attr!(server_detach, "glassloop._loop", "_server_detach");
+cached_attr!(tracked_rows, "glassloop._tracked", "rows");
 cached_attr!(task_type, "asyncio.tasks", "Task");
 cached_attr!(buffered_protocol, "asyncio", "BufferedProtocol");
+cached_attr!(ssl_protocol, "asyncio.sslproto", "SSLProtocol");

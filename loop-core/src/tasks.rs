@@ -42,6 +42,9 @@ pub struct TaskEntry {
     pub busy_ns: u64,
     pub longest_step_ns: u64,
     pub last_delay_ns: u64,
+    /// The application's OpenTelemetry span current at creation (see otel.rs);
+    /// boxed: most tasks have none, and they pay one word for it.
+    pub app_span: Option<Box<crate::otel::AppSpan>>,
 }
 
 #[derive(Default)]

@@ -180,4 +180,6 @@ def inspect(loop: asyncio.AbstractEventLoop | None = None) -> dict[str, Any]:
         "tasks": loop.tasks(),
         "callback_sites": loop.callback_sites(),
         "slow_callbacks": loop.slow_callbacks(),
+        "transports": loop.transports(),
+        "servers": loop.servers(),
     }

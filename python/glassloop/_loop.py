@@ -3,8 +3,9 @@
 `Loop` puts `glassloop._core.LoopCore` (ready queue, timers, mio reactor, handle
 running and recording, all in Rust) first in the MRO, so those methods win, and
 inherits the rest of the asyncio API from the standard selector loop: its
-networking, pipes, subprocesses, signals and TLS run on top of our reactor
-through `_add_reader`/`_add_writer`.
+networking, pipes, subprocesses and signals run on top of our reactor through
+`_add_reader`/`_add_writer`. TCP and Unix stream connections, TLS ones
+included, get the Rust `StreamTransport`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import functools
 import inspect
 import io
 import os
@@ -21,12 +23,15 @@ import sys
 import threading
 import time
 import warnings
-from asyncio import events, futures
+from asyncio import base_events, constants, events, futures, sslproto, trsock
+from asyncio.log import logger
 from typing import Any
 
-from . import _core, _stacks
+from . import _children, _core, _stacks, _tracked
 
 __all__ = ["Loop"]
+
+_Future = futures.Future  # what the Rust `_sock_*` methods return when a call must wait
 
 
 class _ReactorSelector(selectors.BaseSelector):
@@ -141,6 +146,94 @@ _CORE_METHODS = (
 )
 
 
+class DatagramTransport(asyncio.transports._FlowControlMixin, asyncio.DatagramTransport):
+    """A UDP or Unix datagram endpoint whose data path is in Rust.
+
+    A real `asyncio.DatagramTransport`, and an `asyncio.Transport` with flow
+    control as asyncio's own endpoint is (reading can be paused and resumed, the
+    write buffer has water marks). Its methods are the Rust core's own, bound
+    into the instance so a call costs no Python frame.
+    """
+
+    def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, address: Any, extra: dict | None) -> None:
+        core = _core.DatagramTransportCore(loop, sock, protocol, address, extra)
+        self._core = core
+        self._loop = loop
+        for name in _DATAGRAM_CORE_METHODS:
+            setattr(self, name, getattr(core, name))
+        core._set_facade(self)
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused
+
+    @property
+    def _extra(self) -> dict:
+        return self._core._extra
+
+    @property
+    def _sock(self) -> socket.socket | None:
+        return self._core._sock
+
+    @property
+    def _sock_fd(self) -> int:
+        return self._core._sock_fd
+
+    @property
+    def _address(self) -> Any:
+        return self._core._address
+
+    def __repr__(self) -> str:
+        return repr(self._core).replace("DatagramTransport", type(self).__name__, 1)
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        # As asyncio's transports: a transport dropped while open warns and closes its socket.
+        core = self.__dict__.get("_core")
+        sock = core._sock if core is not None else None
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
+
+_DATAGRAM_CORE_METHODS = (
+    "sendto", "abort", "close", "is_closing", "pause_reading", "resume_reading", "is_reading",
+    "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
+    "set_protocol", "get_protocol", "get_extra_info", "_start_reading", "_call_connection_lost",
+    "_force_close",
+)
+
+_DATAGRAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+
+def _address_text(name: Any) -> str:
+    """A listening socket's name as the server table shows it."""
+    if isinstance(name, tuple):
+        host, port = name[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(name, bytes):  # Linux's abstract namespace
+        return repr(name)
+    return str(name)
+
+
+def _factory_name(factory: Any) -> str:
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return getattr(factory, "__qualname__", None) or type(factory).__qualname__
+
+
+# accept() failures that mean "out of a resource": asyncio reports them and
+# stops accepting for a while (constants.ACCEPT_RETRY_DELAY).
+_ACCEPT_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _unqueue_if_cancelled(record):
+    def done(submitted):
+        # A concurrent future can only be cancelled before its job starts: the job
+        # will never run, so it leaves the queue here (in whatever thread cancelled it).
+        if submitted.cancelled():
+            record(3)
+    return done
+
+
 def _run_foreign_handle(handle: asyncio.Handle) -> None:
     # asyncio's own Handle objects (signal handlers) reach us through _add_callback.
     if not handle._cancelled:
@@ -183,12 +276,20 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         """Close the loop: drop pending callbacks, shut down the default executor."""
         super().close()
         self._close_core()
+        if self._subprocess_children is not None:
+            self._subprocess_children.close()
 
     # Connections made by asyncio's create_connection/create_server/connect_accepted_socket
-    # (and their Unix variants) get a Rust transport; the rest keep asyncio's.
+    # (and their Unix variants) get a Rust transport; the rest keep asyncio's
+    # (counting, and in the transport table: see _tracked).
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        self._connection_opened()
+        if server is not None:
+            self._server_accepted(server)
         if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-            return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+            transport = _tracked.SocketTransport(self, sock, protocol, waiter, extra, server)
+            _tracked.track(self, transport, _tracked.socket_kind(sock))
+            return transport
         self._ensure_fd_no_transport(sock)
         transport = StreamTransport(self, sock, protocol, extra, server)
         self._transports[sock.fileno()] = transport
@@ -199,6 +300,144 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
+
+    # create_datagram_endpoint (asyncio's) gets a Rust endpoint for UDP and Unix datagrams.
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        if sock.type != socket.SOCK_DGRAM or sock.family not in _DATAGRAM_FAMILIES:
+            return super()._make_datagram_transport(sock, protocol, address, waiter, extra)
+        self._ensure_fd_no_transport(sock)
+        transport = DatagramTransport(self, sock, protocol, address, extra)
+        self._transports[sock.fileno()] = transport
+        self.call_soon(protocol.connection_made, transport)
+        self.call_soon(transport._start_reading)
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *, server_side=False,
+                            server_hostname=None, extra=None, server=None, **timeouts):
+        # TLS connections (ssl= on create_connection, create_server, ...) get asyncio's
+        # SSLProtocol over a Rust transport, as start_tls does: ciphertext moves between
+        # socket and SSL object with no Python handle per event, and into the
+        # SSLProtocol's own buffer (a BufferedProtocol) without a copy.
+        if rawsock.type != socket.SOCK_STREAM or rawsock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            self._connection_opened()  # asyncio's transport: not seen by _make_socket_transport
+            return super()._make_ssl_transport(
+                rawsock, protocol, sslcontext, waiter, server_side=server_side,
+                server_hostname=server_hostname, extra=extra, server=server, **timeouts)
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname, **timeouts)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    # Subprocesses: asyncio's transport and pipes, but the child's exit is watched
+    # by the loop itself (a pidfd on the reactor; see _children) rather than by
+    # the policy's child watcher.
+    _subprocess_children: _children.Children | None = None
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs):
+        transport = await self._watched_subprocess_transport(
+            protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs)
+        _tracked.track(self, transport, "subprocess")
+        return transport
+
+    async def _watched_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs):
+        if _children.chosen_child_watcher() is not None:
+            # The program installed a watcher of its own choosing: use it, as asyncio would.
+            return await super()._make_subprocess_transport(
+                protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs)
+        if self._subprocess_children is None:
+            self._subprocess_children = _children.Children(self)
+        waiter = self.create_future()
+        transport = asyncio.unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter=waiter, extra=extra, **kwargs)
+        self._subprocess_children.watch(transport)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            # The pipes could not be connected: kill the child and wait for it, as asyncio does.
+            transport.close()
+            await transport._wait()
+            raise
+        return transport
+
+    # Pipes and subprocesses run asyncio's transports, made through counting
+    # subclasses and entered in the transport table.
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        transport = _tracked.ReadPipeTransport(self, pipe, protocol, waiter, extra)
+        _tracked.track(self, transport, "pipe_read")
+        return transport
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        transport = _tracked.WritePipeTransport(self, pipe, protocol, waiter, extra)
+        _tracked.track(self, transport, "pipe_write")
+        return transport
+
+    # Servers: asyncio's, entered in the server table when made.
+    @functools.wraps(asyncio.SelectorEventLoop.create_server)
+    async def create_server(self, *args, **kwargs):
+        server = await super().create_server(*args, **kwargs)
+        self._track_server(server)
+        return server
+
+    @functools.wraps(asyncio.SelectorEventLoop.create_unix_server)
+    async def create_unix_server(self, *args, **kwargs):
+        server = await super().create_unix_server(*args, **kwargs)
+        self._track_server(server)
+        return server
+
+    def _track_server(self, server) -> None:
+        sockets = server._sockets or ()
+        unix = bool(sockets) and sockets[0].family == getattr(socket, "AF_UNIX", None)
+        self._server_created(
+            server,
+            "unix" if unix else "tcp",
+            server._ssl_context is not None,
+            [_address_text(s.getsockname()) for s in sockets],
+            _factory_name(server._protocol_factory),
+        )
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *timeouts):
+        # asyncio's accept loop, with its failures counted as the server's refused
+        # connections. Unlike asyncio, which calls accept() again after running out
+        # of descriptors (reporting the same failure up to `backlog` times), one
+        # failure ends this round; accepting resumes after the same retry delay.
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                if self._debug:
+                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError):
+                return  # nothing more is waiting
+            except ConnectionAbortedError:
+                # The client gave up before we accepted; asyncio drops it silently.
+                if server is not None:
+                    self._server_refused(server)
+                return
+            except OSError as exc:
+                if server is not None:
+                    self._server_refused(server)
+                if exc.errno not in _ACCEPT_RESOURCE_ERRNOS:
+                    raise  # the loop reports it to the exception handler
+                self.call_exception_handler({
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                })
+                # The listening socket stays readable: stop watching it for a while.
+                self._remove_reader(sock.fileno())
+                self.call_later(
+                    constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                    protocol_factory, sock, sslcontext, server, backlog, *timeouts,
+                )
+                return
+            else:
+                self.create_task(self._accept_connection2(
+                    protocol_factory, conn, {"peername": addr}, sslcontext, server, *timeouts,
+                ))
 
     async def _sendfile_native(self, transp, file, offset, count):
         """`loop.sendfile()` on a Rust transport: sendfile(2) straight from the file
@@ -238,6 +477,113 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
             if resume_reading:
                 transp.resume_reading()
 
+    # Low-level socket methods. Each Rust `_sock_*` makes asyncio's checks and tries
+    # the syscall: it returns the result, or, when the socket is not ready, a
+    # future the loop resolves once the retried syscall succeeds (sock.rs). A
+    # coroutine that stops waiting (cancelled, closed) takes its call off the fd.
+    async def sock_recv(self, sock, n):
+        """Receive up to `n` bytes from `sock` (b"" at end of stream)."""
+        fut = self._sock_recv(sock, n)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None  # no cycle through the traceback
+            raise
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive into the writable buffer `buf`; returns the number of bytes written."""
+        fut = self._sock_recv_into(sock, buf)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_recvfrom(self, sock, bufsize):
+        """Receive a datagram of at most `bufsize` bytes: `(data, address)`."""
+        fut = self._sock_recvfrom(sock, bufsize)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        """Receive a datagram into `buf` (at most `nbytes`, default its size): `(nbytes, address)`."""
+        fut = self._sock_recvfrom_into(sock, buf, nbytes)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_sendall(self, sock, data):
+        """Send all of `data` (any bytes-like object), waiting for room as needed."""
+        fut = self._sock_sendall(sock, data)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_sendto(self, sock, data, address):
+        """Send a datagram to `address`; returns the number of bytes sent."""
+        fut = self._sock_sendto(sock, data, address)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_accept(self, sock):
+        """Accept a connection: `(conn, address)`, `conn` non-blocking."""
+        fut = self._sock_accept(sock)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
+    async def sock_connect(self, sock, address):
+        """Connect `sock` to `address`, resolving a host name first as asyncio does."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if sock.family == socket.AF_INET or (base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+        fut = self._sock_connect(sock, address)
+        if fut.__class__ is not _Future:
+            return fut
+        try:
+            return await fut
+        except BaseException:
+            self._sock_abandon(sock, fut)
+            fut = None
+            raise
+
     # asyncio's Python code schedules through these private entry points.
     def _call_soon(self, callback, args, context):
         return self.call_soon(callback, *args, context=context)
@@ -255,9 +601,17 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         (queued, running, done, and the job-duration histogram)."""
         if executor is not None and not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
             return super().run_in_executor(executor, func, *args)  # e.g. a process pool: can't wrap
+        # asyncio's steps (the same in 3.11-3.13), keeping the concurrent future to
+        # see a job cancelled before it ran.
         self._check_closed()
         if self._debug:
             self._check_callback(func, "run_in_executor")
+        if executor is None:
+            executor = self._default_executor
+            self._check_default_executor()
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
+                self._default_executor = executor
         record = self._executor_event
 
         def job():
@@ -268,15 +622,21 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
             finally:
                 record(2, time.monotonic_ns() - start)
 
-        future = super().run_in_executor(executor, job)
+        # Counted as queued before it is submitted: a worker may start it at once.
         record(0)
-        return future
+        try:
+            submitted = executor.submit(job)
+        except BaseException:
+            record(3)
+            raise
+        submitted.add_done_callback(_unqueue_if_cancelled(record))
+        return futures.wrap_future(submitted, loop=self)
 
     def _create_task_slow(self, coro, **kwargs):
         # create_task() with a task factory, in debug mode, or with newer keywords:
         # asyncio's own code, then the task table.
         task = asyncio.SelectorEventLoop.create_task(self, coro, **kwargs)
-        self._task_created(task)
+        self._task_created(task, kwargs.get("context"))
         return task
 
     def tasks(self, *, include_finished: bool = True) -> list[dict[str, Any]]:
@@ -294,6 +654,17 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
         if order not in ("total", "count", "max"):
             raise ValueError(f"order must be 'total', 'count' or 'max', not {order!r}")
         return self._callback_sites(order, limit)
+
+    def transports(self) -> list[dict[str, Any]]:
+        """The transport table: the loop's open transports (Rust TCP and Unix
+        streams, then asyncio's pipes, subprocesses and other sockets) with their
+        counters. Times are seconds, timestamps unix milliseconds."""
+        return self._transports_table()
+
+    def servers(self) -> list[dict[str, Any]]:
+        """The server table: every server made by `create_server`/`create_unix_server`
+        still alive, oldest first, with connections accepted, open and refused."""
+        return self._servers()
 
     def slow_callbacks(self) -> list[dict[str, Any]]:
         """Callbacks that ran at least `slow_callback_duration` (the last 256), oldest first."""

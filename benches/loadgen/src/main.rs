@@ -3,7 +3,7 @@
 //! ```text
 //! loadgen (--addr HOST:PORT | --unix PATH | --udp HOST:PORT) --conns C --size BYTES
 //!         --duration S --warmup S [--pin-cpu N] [--server-pid PID] [--timeout S]
-//!         [--udp-timeout MS] [--json]
+//!         [--udp-timeout MS] [--tls [--tls-name NAME]] [--json]
 //! ```
 //!
 //! C connections (UDP: C connected sockets), each sends one message of BYTES, waits
@@ -12,6 +12,8 @@
 //! times go into an HDR histogram (p50/p99/p99.9). Reports its own CPU time
 //! (getrusage) and, with `--server-pid`, the server's (from /proc/PID/stat) over the
 //! same interval, so CPU per request can be computed. One JSON line with `--json`.
+//! With `--tls` each TCP connection speaks TLS (rustls, see `tls.rs`); the handshake
+//! happens during the warm-up, and every message and echo is encrypted.
 //!
 //! Why one thread on mio rather than a thread per connection: on the 2-core machines
 //! this runs on, the server gets one core and the load generator the other. A thread
@@ -31,15 +33,18 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use loadgen_common::{json_f64, json_str, machine_cpu, pin_cpu, proc_cpu, proc_runq_wait, self_cpu, Args};
 use mio::{Events, Interest, Poll, Registry, Token};
 
+mod tls;
+
 const USAGE: &str = "usage: loadgen (--addr HOST:PORT | --unix PATH | --udp HOST:PORT) \
 --conns C --size BYTES --duration S --warmup S [--pin-cpu N] [--server-pid PID] \
-[--timeout S] [--udp-timeout MS] [--json]";
+[--timeout S] [--udp-timeout MS] [--tls [--tls-name NAME]] [--json]";
 
 /// The largest UDP payload over IPv4.
 const MAX_UDP: usize = 65_507;
@@ -49,6 +54,8 @@ const WINDOW: usize = 251;
 #[derive(Clone, Debug)]
 enum Target {
     Tcp(SocketAddr),
+    /// TCP with TLS on top (`--addr` with `--tls`).
+    Tls(SocketAddr),
     Unix(PathBuf),
     Udp(SocketAddr),
 }
@@ -57,6 +64,7 @@ impl Target {
     fn mode(&self) -> &'static str {
         match self {
             Target::Tcp(_) => "tcp",
+            Target::Tls(_) => "tls",
             Target::Unix(_) => "unix",
             Target::Udp(_) => "udp",
         }
@@ -64,7 +72,7 @@ impl Target {
 
     fn describe(&self) -> String {
         match self {
-            Target::Tcp(a) | Target::Udp(a) => a.to_string(),
+            Target::Tcp(a) | Target::Tls(a) | Target::Udp(a) => a.to_string(),
             Target::Unix(p) => p.display().to_string(),
         }
     }
@@ -86,6 +94,8 @@ struct Config {
     timeout: Duration,
     /// A UDP request older than this is counted lost and the socket sends the next one.
     udp_timeout: Duration,
+    /// The TLS client configuration and the server name it sends (SNI), with `--tls`.
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
     json: bool,
 }
 
@@ -104,6 +114,7 @@ fn parse_config() -> Result<Config, String> {
     let (mut pin, mut server_pid) = (None, None);
     let (mut timeout, mut udp_timeout_ms) = (2.0f64, 200.0f64);
     let mut json = false;
+    let (mut use_tls, mut tls_name) = (false, "localhost".to_string());
     while let Some(flag) = args.next_flag() {
         let (name, inline) = flag?;
         match name.as_str() {
@@ -119,11 +130,20 @@ fn parse_config() -> Result<Config, String> {
             "timeout" => timeout = args.parsed(&name, inline)?,
             "udp-timeout" => udp_timeout_ms = args.parsed(&name, inline)?,
             "json" => json = true,
+            "tls" => use_tls = true,
+            "tls-name" => tls_name = args.value(&name, inline)?,
             "help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown option --{other}\n{USAGE}")),
         }
     }
-    let target = target.ok_or_else(|| format!("one of --addr, --unix, --udp is required\n{USAGE}"))?;
+    let mut target = target.ok_or_else(|| format!("one of --addr, --unix, --udp is required\n{USAGE}"))?;
+    let tls = if use_tls {
+        let Target::Tcp(addr) = target else { return Err("--tls goes with --addr".into()) };
+        target = Target::Tls(addr);
+        Some((tls::client_config()?, tls_name))
+    } else {
+        None
+    };
     if conns == 0 || size == 0 {
         return Err("--conns and --size must be at least 1".into());
     }
@@ -143,24 +163,32 @@ fn parse_config() -> Result<Config, String> {
         server_pid,
         timeout: Duration::from_secs_f64(timeout),
         udp_timeout: Duration::from_secs_f64(udp_timeout_ms / 1000.0),
+        tls,
         json,
     })
 }
 
 enum Sock {
     Tcp(mio::net::TcpStream),
+    Tls(Box<tls::TlsStream>),
     Unix(mio::net::UnixStream),
     Udp(mio::net::UdpSocket),
 }
 
+fn connect_tcp(addr: &SocketAddr) -> io::Result<mio::net::TcpStream> {
+    let s = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(2))?;
+    s.set_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    Ok(mio::net::TcpStream::from_std(s))
+}
+
 impl Sock {
-    fn connect(target: &Target) -> io::Result<Sock> {
-        Ok(match target {
-            Target::Tcp(addr) => {
-                let s = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(2))?;
-                s.set_nodelay(true)?;
-                s.set_nonblocking(true)?;
-                Sock::Tcp(mio::net::TcpStream::from_std(s))
+    fn connect(cfg: &Config) -> io::Result<Sock> {
+        Ok(match &cfg.target {
+            Target::Tcp(addr) => Sock::Tcp(connect_tcp(addr)?),
+            Target::Tls(addr) => {
+                let (config, name) = cfg.tls.as_ref().expect("a TLS target has a TLS configuration");
+                Sock::Tls(Box::new(tls::TlsStream::new(connect_tcp(addr)?, config.clone(), name)?))
             }
             Target::Unix(path) => {
                 let s = std::os::unix::net::UnixStream::connect(path)?;
@@ -180,6 +208,7 @@ impl Sock {
     fn source(&mut self) -> &mut dyn mio::event::Source {
         match self {
             Sock::Tcp(s) => s,
+            Sock::Tls(s) => &mut s.tcp,
             Sock::Unix(s) => s,
             Sock::Udp(s) => s,
         }
@@ -188,6 +217,7 @@ impl Sock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp(s) => s.read(buf),
+            Sock::Tls(s) => s.read(buf),
             Sock::Unix(s) => s.read(buf),
             Sock::Udp(s) => s.recv(buf),
         }
@@ -196,9 +226,25 @@ impl Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp(s) => s.write(buf),
+            Sock::Tls(s) => s.write(buf),
             Sock::Unix(s) => s.write(buf),
             Sock::Udp(s) => s.send(buf),
         }
+    }
+
+    /// TLS: encrypted bytes wait for the socket (the plaintext itself was taken).
+    fn records_pending(&mut self) -> io::Result<bool> {
+        match self {
+            Sock::Tls(s) => {
+                s.send_records()?;
+                Ok(s.records_pending())
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Sock::Tls(_))
     }
 }
 
@@ -286,7 +332,7 @@ impl Conn {
                 Err(e) => return Err(Failure::io("write", e)),
             }
         }
-        let want_write = self.sent < size;
+        let want_write = self.sent < size || sock.records_pending().map_err(|e| Failure::io("write", e))?;
         if want_write != self.write_armed {
             let interest = if want_write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             registry.reregister(sock.source(), token, interest).map_err(|e| Failure::io("write", e))?;
@@ -316,9 +362,13 @@ impl Conn {
                     "server closed the connection after {} of {} bytes of request {}",
                     self.recvd, size, self.seq))),
                 Ok(n) => n,
+                // TLS: reading may have queued handshake records; they need sending.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && sock.is_tls() => {
+                    return self.flush(size, registry, token);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Failure::io("read", e)),
+                Err(e) => return Err(Failure::io(if sock.is_tls() { "tls" } else { "read" }, e)),
             };
             let expected = &self.pattern[self.off + self.recvd..self.off + size];
             if udp {
@@ -349,7 +399,7 @@ impl Conn {
                 self.next_request(size, now);
                 return self.flush(size, registry, token);
             }
-            if n < want {
+            if n < want && !self.sock.as_ref().is_some_and(Sock::is_tls) {
                 return Ok(()); // drained; more data comes with a new event
             }
         }
@@ -367,7 +417,7 @@ struct Generator {
 impl Generator {
     /// (Re)connect connection `i` and send its first request.
     fn open(&mut self, i: usize) -> Result<(), Failure> {
-        let mut sock = Sock::connect(&self.cfg.target).map_err(|e| Failure::io("connect", e))?;
+        let mut sock = Sock::connect(&self.cfg).map_err(|e| Failure::io("connect", e))?;
         self.poll
             .registry()
             .register(sock.source(), Token(i), Interest::READABLE)

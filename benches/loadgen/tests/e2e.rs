@@ -190,4 +190,40 @@ fn refuses_bad_arguments() {
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(LOADGEN).args(["--udp", "127.0.0.1:9", "--size", "70000"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(LOADGEN).args(["--unix", "/tmp/x.sock", "--tls"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `--tls` against the Python TLS echo server (benches/servers/tls_echo.py) on
+/// asyncio's loop; `$PYTHON` (default `python3`) runs it.
+#[test]
+fn tls_against_python_server() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../servers/tls_echo.py");
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let mut child = Command::new(&python)
+        .args([script, "--loop", "asyncio:new_event_loop"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let server = Server(child, line.trim().to_string());
+    assert!(!server.1.is_empty(), "tls_echo.py printed no address");
+    for size in ["100", "65536", "300000"] {
+        let (code, json) = loadgen(&["--addr", &server.1, "--tls", "--conns", "3", "--size", size]);
+        assert_eq!(code, 0, "{json}");
+        assert!(json.contains("\"mode\":\"tls\""), "{json}");
+        assert!(number(&json, "requests") > 3.0, "{json}");
+        assert_eq!(number(&json, "errors"), 0.0);
+    }
+}
+
+/// A server that does not speak TLS (the plain echo sends the ClientHello back) is
+/// reported as TLS errors.
+#[test]
+fn tls_reports_a_server_without_tls() {
+    let server = ceiling(&["--addr", "127.0.0.1:0"]);
+    let (code, json) = loadgen(&["--addr", &server.1, "--tls", "--conns", "2", "--size", "100"]);
+    assert_eq!(code, 3, "{json}");
+    assert!(json.contains("\"tls\":"), "{json}");
 }

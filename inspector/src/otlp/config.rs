@@ -9,14 +9,19 @@
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `…_METRICS_ENDPOINT` | the signal's full URL, used as is |
 //! | `OTEL_EXPORTER_OTLP_HEADERS`, `…_TRACES_HEADERS`, `…_METRICS_HEADERS` | `k=v,k2=v2` (values percent-decoded); per-signal keys win |
 //! | `OTEL_EXPORTER_OTLP_TIMEOUT`, `…_TRACES_TIMEOUT`, `…_METRICS_TIMEOUT` | ms per export (default 10000) |
+//! | `OTEL_EXPORTER_OTLP_CERTIFICATE`, `…_TRACES_CERTIFICATE`, `…_METRICS_CERTIFICATE` | for `https://` endpoints: a PEM file of the certificate authorities to trust instead of the system's |
 //! | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | the resource (`service.name` default `unknown_service`) |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | the SDK's samplers (default `parentbased_always_on`) |
 //! | `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_METRIC_EXPORT_TIMEOUT` | ms (defaults 60000, 30000) |
 //! | `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_EXPORT_TIMEOUT` | span batching (defaults 5000 ms, 2048, 512, 30000 ms) |
 //!
+//! `https://` endpoints use TLS (rustls) for both protocols, verifying the server
+//! against the system's trust store (`SSL_CERT_FILE` / `SSL_CERT_DIR` are honoured)
+//! or the `…CERTIFICATE` file.
+//!
 //! Not supported (start fails with [`OtlpError::Config`] naming the variable):
-//! `http/json`, `https://` endpoints (no TLS stack is compiled in) and
-//! `OTEL_EXPORTER_OTLP_*COMPRESSION` other than `none`.
+//! `http/json`, `OTEL_EXPORTER_OTLP_*COMPRESSION` other than `none`, and client
+//! certificates (`OTEL_EXPORTER_OTLP_CLIENT_KEY` / `…_CLIENT_CERTIFICATE`).
 
 use std::fmt;
 use std::time::Duration;
@@ -55,6 +60,31 @@ pub struct SignalConfig {
     pub headers: Vec<(String, String)>,
     /// Longest one export may take, retries included.
     pub timeout: Duration,
+    /// For `https://`: the certificate authorities to trust instead of the
+    /// system's (`OTEL_EXPORTER_OTLP_CERTIFICATE`). Ignored for `http://`.
+    pub certificate: Option<CaCertificate>,
+}
+
+/// A PEM file of certificate authorities, read when the configuration is built.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaCertificate {
+    /// Where it was read from.
+    pub path: String,
+    /// Its certificates (DER), at least one.
+    pub certs: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for CaCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} certificates)", self.path, self.certs.len())
+    }
+}
+
+impl SignalConfig {
+    /// True for an `https://` endpoint.
+    pub fn tls(&self) -> bool {
+        self.endpoint.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    }
 }
 
 impl fmt::Debug for SignalConfig {
@@ -65,6 +95,7 @@ impl fmt::Debug for SignalConfig {
             .field("endpoint", &redact_userinfo(&self.endpoint))
             .field("headers", &self.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
             .field("timeout", &self.timeout)
+            .field("certificate", &self.certificate)
             .finish()
     }
 }
@@ -249,13 +280,11 @@ fn signal(get: &impl Fn(&str) -> Option<String>, sig: &str, path: &str) -> Resul
     };
     let uri: http::Uri =
         endpoint.parse().map_err(|e| config_error(&endpoint_var, format!("{}: {e}", redact_userinfo(&endpoint))))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(config_error(&endpoint_var, "https endpoints are not supported yet (no TLS in this build)"))
-        }
-        _ => return Err(config_error(&endpoint_var, "needs an http:// URL")),
-    }
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(config_error(&endpoint_var, "needs an http:// or https:// URL")),
+    };
     if uri.host().is_none() {
         return Err(config_error(&endpoint_var, "needs a host"));
     }
@@ -268,7 +297,29 @@ fn signal(get: &impl Fn(&str) -> Option<String>, sig: &str, path: &str) -> Resul
         Some(_) => millis(get, &var("TIMEOUT"), DEFAULT_TIMEOUT)?,
         None => millis(get, "OTEL_EXPORTER_OTLP_TIMEOUT", DEFAULT_TIMEOUT)?,
     };
-    Ok(SignalConfig { protocol, endpoint, headers, timeout: timeout.max(Duration::from_millis(1)) })
+    let certificate = match (tls, get(&var("CERTIFICATE"))) {
+        (false, _) => None,
+        (true, Some(path)) => Some(ca_certificate(&var("CERTIFICATE"), path)?),
+        (true, None) => get("OTEL_EXPORTER_OTLP_CERTIFICATE")
+            .map(|path| ca_certificate("OTEL_EXPORTER_OTLP_CERTIFICATE", path))
+            .transpose()?,
+    };
+    Ok(SignalConfig { protocol, endpoint, headers, timeout: timeout.max(Duration::from_millis(1)), certificate })
+}
+
+/// Reads the PEM file `path` named by `var`: at least one certificate, all well formed.
+fn ca_certificate(var: &str, path: String) -> Result<CaCertificate, OtlpError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let pem = std::fs::read(&path).map_err(|e| config_error(var, format!("{path}: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| config_error(var, format!("{path}: {e}")))?;
+    if certs.is_empty() {
+        return Err(config_error(var, format!("{path}: no PEM certificate in it")));
+    }
+    Ok(CaCertificate { path, certs })
 }
 
 fn millis(get: &impl Fn(&str) -> Option<String>, var: &str, default: Duration) -> Result<Duration, OtlpError> {
@@ -432,7 +483,18 @@ mod tests {
         for (vars, var) in [
             (vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")], "OTEL_EXPORTER_OTLP_PROTOCOL"),
             (vec![("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp")], "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
-            (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://x:4318")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x:4318")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://x:4318"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent")],
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ),
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "https://x:4318"),
+                    ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "/dev/null"),
+                ],
+                "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+            ),
             (vec![("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "not a url")], "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
             (
                 vec![("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")],
@@ -464,6 +526,32 @@ mod tests {
         assert!(format!("{:?}", c.sampler).contains("0.25"));
         let c = cfg(&[("OTEL_SERVICE_NAME", "svc"), ("OTEL_RESOURCE_ATTRIBUTES", "service.name=other")]).unwrap();
         assert_eq!(c.resource.get(&opentelemetry::Key::new("service.name")).unwrap().as_str(), "svc");
+    }
+
+    #[test]
+    fn https_endpoints_read_their_certificate_file() {
+        let dir = std::env::temp_dir().join(format!("glassloop-otlp-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        // Any DER body does for the reader; the TLS client checks it when it connects.
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n").unwrap();
+        let ca = ca.to_str().unwrap();
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://collector:4318/v1/metrics"),
+        ])
+        .unwrap();
+        let t = c.traces.unwrap();
+        assert!(t.tls());
+        assert_eq!(t.certificate.as_ref().map(|c| (c.path.as_str(), c.certs.len())), Some((ca, 1)));
+        let m = c.metrics.unwrap();
+        assert!(!m.tls() && m.certificate.is_none(), "plain http ignores the certificate");
+        // Without a certificate file: the system's trust store.
+        let c = cfg(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317")]).unwrap();
+        let t = c.traces.unwrap();
+        assert!(t.tls() && t.certificate.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

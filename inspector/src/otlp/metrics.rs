@@ -95,6 +95,12 @@ pub(crate) const METRICS: &[(&str, Kind, &str, &str)] = &[
         "Transports not closed, by type (from the newest tables).",
     ),
     ("asyncio.transport.bytes", Kind::Counter, "By", "Bytes received (in) and sent (out) by the loop's transports."),
+    (
+        "asyncio.connections",
+        Kind::Counter,
+        "{connection}",
+        "Connections opened: accepted by servers or made by create_connection (plain or TLS).",
+    ),
     ("asyncio.executor.jobs", Kind::UpDownCounter, "{job}", "Executor jobs waiting (queued) or running."),
     ("asyncio.executor.jobs_done", Kind::Counter, "{job}", "Executor jobs completed."),
     ("glassloop.samples", Kind::Counter, "{sample}", "Samples the inspector received from the loop."),
@@ -105,6 +111,15 @@ pub(crate) const METRICS: &[(&str, Kind, &str, &str)] = &[
         "Samples the loop dropped because the inspector's queue was full.",
     ),
     ("glassloop.loop.info", Kind::Gauge, "", "Always 1; attributes describe the loop."),
+    ("glassloop.server.connections.accepted", Kind::Counter, "{connection}", "Connections the server accepted."),
+    (
+        "glassloop.server.connections.refused",
+        Kind::Counter,
+        "{connection}",
+        "Connections the server could not accept (accept() failed: EMFILE, ENFILE, ECONNABORTED, ...).",
+    ),
+    ("glassloop.server.connections.open", Kind::UpDownCounter, "{connection}", "Connections of the server open now."),
+    ("glassloop.server.serving", Kind::Gauge, "", "1 while the server accepts connections (server.is_serving())."),
 ];
 
 /// The histogram in the hub's `Histograms` each histogram metric reads.
@@ -325,6 +340,7 @@ pub(crate) fn build(st: &HubState, resource: &ProtoResource, now_ns: u64) -> (Ex
             })
             .collect(),
     );
+    b.number("asyncio.connections", total(&|e| e.history.totals().connections));
     b.number("asyncio.executor.jobs_done", total(&|e| e.history.totals().executor_done));
     b.number("glassloop.samples", total(&|e| e.history.totals().samples));
     b.number("glassloop.samples.dropped", total(&|e| e.samples_dropped()));
@@ -350,6 +366,27 @@ pub(crate) fn build(st: &HubState, resource: &ProtoResource, now_ns: u64) -> (Ex
             })
             .collect(),
     );
+
+    // Servers, from the newest tables: one point per server.
+    let servers = |get: fn(&crate::model::ServerRecord) -> u64| -> Vec<(Vec<KeyValue>, u64, Num)> {
+        loops
+            .iter()
+            .filter_map(|(l, e)| e.tables.as_ref().map(|t| (l, t)))
+            .flat_map(|(l, tables)| {
+                tables.servers.iter().map(move |srv| {
+                    let id = srv.id.to_string();
+                    let addresses = srv.addresses.join(" ");
+                    let a = with(l, &[("server", &id), ("kind", srv.kind.as_str()), ("address", &addresses)]);
+                    let start = if srv.created_unix_ms > 0 { srv.created_unix_ms * 1_000_000 } else { l.start_ns };
+                    (a, start, Num::Int(get(srv)))
+                })
+            })
+            .collect()
+    };
+    b.number("glassloop.server.connections.accepted", servers(|s| s.accepted));
+    b.number("glassloop.server.connections.refused", servers(|s| s.refused));
+    b.number("glassloop.server.connections.open", servers(|s| s.open));
+    b.number("glassloop.server.serving", servers(|s| s.serving as u64));
 
     let points = b.points;
     let request = ExportMetricsServiceRequest {
@@ -416,6 +453,7 @@ mod tests {
             s.utilization = 0.4;
             s.tasks_live = 7;
             s.bytes_in = 100;
+            s.connections = 2;
             s.executor_running = 2;
             for v in [20_000u64, 30_000, 2_000_000, 20_000_000_000] {
                 s.histograms.callback_duration.saturating_record(v);
@@ -428,6 +466,17 @@ mod tests {
                 TransportRecord { kind: TransportKind::Tcp, state: "open".into(), ..Default::default() },
                 TransportRecord { kind: TransportKind::Udp, state: "closed".into(), ..Default::default() },
             ],
+            servers: vec![crate::model::ServerRecord {
+                id: 4,
+                kind: TransportKind::Tcp,
+                addresses: vec!["127.0.0.1:80".into()],
+                accepted: 9,
+                open: 2,
+                refused: 1,
+                serving: true,
+                created_unix_ms: 1_000,
+                ..Default::default()
+            }],
             ..Default::default()
         });
         hub.pump();
@@ -487,8 +536,20 @@ mod tests {
         let Some(Data::Sum(t)) = &find(&req, "asyncio.transport.active").data else { panic!() };
         let tcp = t.data_points.iter().find(|p| attr(&p.attributes, "type") == Some("tcp")).unwrap();
         assert_eq!(tcp.value, Some(number_data_point::Value::AsInt(1)));
+        let Some(Data::Sum(conns)) = &find(&req, "asyncio.connections").data else { panic!() };
+        assert!(conns.is_monotonic);
+        assert_eq!(conns.data_points[0].value, Some(number_data_point::Value::AsInt(6)));
         let Some(Data::Sum(steps)) = &find(&req, "asyncio.task.steps").data else { panic!() };
         assert_eq!(steps.data_points[0].value, Some(number_data_point::Value::AsInt(3)));
+        let Some(Data::Sum(accepted)) = &find(&req, "glassloop.server.connections.accepted").data else { panic!() };
+        assert!(accepted.is_monotonic);
+        let p = &accepted.data_points[0];
+        assert_eq!(p.value, Some(number_data_point::Value::AsInt(9)));
+        assert_eq!((attr(&p.attributes, "server"), attr(&p.attributes, "address")), (Some("4"), Some("127.0.0.1:80")));
+        assert_eq!(p.start_time_unix_nano, 1_000_000_000, "counted since the server was made");
+        let Some(Data::Sum(open)) = &find(&req, "glassloop.server.connections.open").data else { panic!() };
+        assert!(!open.is_monotonic);
+        assert_eq!(open.data_points[0].value, Some(number_data_point::Value::AsInt(2)));
     }
 
     /// One vocabulary: every exported name translates to a `/metrics` family, and

@@ -343,7 +343,7 @@ struct Worker {
     tracer: RefCell<traces::Tracer>,
     queue: RefCell<VecDeque<SpanData>>,
     batch_ready: Notify,
-    span_exporter: Option<opentelemetry_otlp::SpanExporter>,
+    span_exporter: Option<transport::SpanSender>,
     metrics_sender: tokio::sync::Mutex<Option<transport::MetricsSender>>,
     /// Span exports one at a time (the exporter's contract).
     export_lock: tokio::sync::Mutex<()>,

@@ -7,9 +7,17 @@
 //!   the span of the task that created it; span ids are a keyed hash of
 //!   `(loop id, task id)`, so a child links to its parent even when the two are
 //!   exported in different batches, or the parent (a long-lived task) later. A task
-//!   without a parent task starts a trace, whose id every descendant shares. When the
-//!   task carries the application's trace context ([`app_context`]), its span joins
-//!   that trace under the application's span instead, with a link to the parent task.
+//!   without a parent task starts a trace, whose id every descendant shares.
+//! - **The application's trace**: when the application uses OpenTelemetry for
+//!   Python, a task records the span current at `create_task` ([`app_context`]), and
+//!   its span joins that trace. Its parent is the more specific of the two
+//!   candidates: the application's span, unless it is the very span the parent task
+//!   was itself created under (then the parent task's span, which is that span's
+//!   descendant, is more specific and the task tree stays as it is). A task whose
+//!   parent is the application's span carries a link to its parent task's span.
+//!   A task's context is its creator's copy, so an application span differing from
+//!   the one its parent task started under was opened inside the parent task: it
+//!   is the narrower scope.
 //! - **Slow callbacks**: a span `asyncio slow_callback` each (site, duration, the
 //!   debug-mode traceback), child of its task's span when it was a task step.
 //! - **Stalls**: a span `asyncio stall` each once it is over, status error, with the
@@ -58,18 +66,10 @@ pub struct AppContext {
     pub sampled: bool,
 }
 
-/// The application trace context a task record carries, if any.
-///
-/// The one place that reads it: once `TaskRecord` has the proposed fields
-/// (`trace_id: Option<String>` — 32 lowercase hex digits, `parent_span_id:
-/// Option<String>` — 16, `trace_flags: u8` — W3C flags, bit 0 = sampled), this becomes
-/// `parse_app_context(t.trace_id.as_deref(), t.parent_span_id.as_deref(), t.trace_flags)`.
-pub(crate) fn app_context(_t: &TaskRecord) -> Option<AppContext> {
-    #[cfg(test)]
-    if let Some(c) = tests::APP.with(|m| m.borrow().get(&_t.id).copied()) {
-        return Some(c);
-    }
-    None
+/// The application trace context a task record carries, if any (`trace_id`,
+/// `parent_span_id`, `trace_flags`, filled by the loop at `create_task`).
+pub(crate) fn app_context(t: &TaskRecord) -> Option<AppContext> {
+    parse_app_context(t.trace_id.as_deref(), t.parent_span_id.as_deref(), t.trace_flags)
 }
 
 /// Parses W3C hex ids into an [`AppContext`]; `None` for absent, malformed or all-zero ids.
@@ -87,6 +87,21 @@ struct TaskTrace {
     sampled: bool,
     exported: bool,
     last_seen_ms: u64,
+    /// The application span the task was created under, if any.
+    app_span: Option<SpanId>,
+    /// Its span's parent: `Task` (the parent task's span) or `App` (the
+    /// application's span, with a link to the parent task's span when known).
+    parent: Parent,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Parent {
+    /// No parent span: a root.
+    None,
+    /// The span of the task that created it (maybe not seen: ids are deterministic).
+    Task(SpanId),
+    /// The application's span; the parent task's span context (trace, span, sampled) to link to.
+    App(SpanId, Option<(TraceId, SpanId, bool)>),
 }
 
 #[derive(Default)]
@@ -206,23 +221,41 @@ impl Tracer {
         }
     }
 
-    /// Remembers a task seen for the first time: its trace, span id and sampling decision.
+    /// Remembers a task seen for the first time: its trace, parent, span id and
+    /// sampling decision (see the module doc for the parent's precedence).
     fn first_sight(&self, loop_id: u64, t: &TaskRecord, known: &HashMap<u64, TaskTrace>, now_ms: u64) -> TaskTrace {
         let span_id = self.task_span_id(loop_id, t.id);
         let name = Self::span_name(t);
-        let (trace_id, parent) = if let Some(app) = app_context(t) {
-            let flags = if app.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-            (app.trace_id, Some(SpanContext::new(app.trace_id, app.parent_span_id, flags, true, TraceState::default())))
-        } else if let Some(p) = t.parent_id.and_then(|p| known.get(&p)) {
-            let flags = if p.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-            (p.trace_id, Some(SpanContext::new(p.trace_id, p.span_id, flags, false, TraceState::default())))
+        let flags = |sampled: bool| if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+        let app = app_context(t);
+        let parent_task = t.parent_id.and_then(|p| known.get(&p));
+        // The application's span is the parent unless the parent task started under
+        // that same span (then the parent task is the narrower scope).
+        let under_app = app.filter(|a| parent_task.is_none_or(|p| p.app_span != Some(a.parent_span_id)));
+        let (trace_id, parent, parent_cx) = if let Some(a) = under_app {
+            let cx = SpanContext::new(a.trace_id, a.parent_span_id, flags(a.sampled), true, TraceState::default());
+            let link = parent_task.map(|p| (p.trace_id, p.span_id, p.sampled));
+            (a.trace_id, Parent::App(a.parent_span_id, link), Some(cx))
+        } else if let Some(p) = parent_task {
+            let cx = SpanContext::new(p.trace_id, p.span_id, flags(p.sampled), false, TraceState::default());
+            (p.trace_id, Parent::Task(p.span_id), Some(cx))
+        } else if let Some(p) = t.parent_id {
+            // The parent task was gone before it was seen: its id names the trace (so
+            // siblings still share one) and its span id is known without it.
+            (self.trace_id(1, loop_id, p), Parent::Task(self.task_span_id(loop_id, p)), None)
         } else {
-            // A root, or a task whose parent was gone before it was seen: its parent's
-            // id names the trace, so siblings still share one.
-            (self.trace_id(1, loop_id, t.parent_id.unwrap_or(t.id)), None)
+            (self.trace_id(1, loop_id, t.id), Parent::None, None)
         };
-        let sampled = self.decide(parent.as_ref(), trace_id, &name, &[]);
-        TaskTrace { trace_id, span_id, sampled, exported: false, last_seen_ms: now_ms }
+        let sampled = self.decide(parent_cx.as_ref(), trace_id, &name, &[]);
+        TaskTrace {
+            trace_id,
+            span_id,
+            sampled,
+            exported: false,
+            last_seen_ms: now_ms,
+            app_span: app.map(|a| a.parent_span_id),
+            parent,
+        }
     }
 
     /// Processes a loop's tables (no-op if they are the ones processed last); appends
@@ -264,7 +297,7 @@ impl Tracer {
                 self.tally.sampled_out += 1;
                 continue;
             }
-            out.push(self.task_span(info, t, finished, &e, &lt.tasks));
+            out.push(self.task_span(info, t, finished, &e));
         }
         for ev in &tables.slow_callbacks {
             let key = self.keys.hash_one((ev.unix_ms, ev.duration_ns, &ev.site, ev.task_id));
@@ -288,7 +321,6 @@ impl Tracer {
         t: &TaskRecord,
         finished_ms: u64,
         e: &TaskTrace,
-        known: &HashMap<u64, TaskTrace>,
     ) -> SpanData {
         let mut attributes = vec![
             KeyValue::new("asyncio.task.id", t.id as i64),
@@ -328,21 +360,18 @@ impl Tracer {
             ));
             status = Status::error(ty);
         }
-        let (parent_span_id, parent_remote, links) = match (app_context(t), t.parent_id) {
-            (Some(app), parent) => {
-                let mut links = SpanLinks::default();
-                if let Some(p) = parent.and_then(|p| known.get(&p)) {
-                    let cx = SpanContext::new(p.trace_id, p.span_id, TraceFlags::SAMPLED, false, TraceState::default());
+        let mut links = SpanLinks::default();
+        let (parent_span_id, parent_remote) = match e.parent {
+            Parent::None => (SpanId::INVALID, false),
+            Parent::Task(p) => (p, false),
+            Parent::App(app_span, link) => {
+                if let Some((trace_id, span_id, sampled)) = link {
+                    let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+                    let cx = SpanContext::new(trace_id, span_id, flags, false, TraceState::default());
                     links.links.push(Link::new(cx, vec![KeyValue::new("asyncio.link", "parent_task")], 0));
                 }
-                (app.parent_span_id, true, links)
+                (app_span, true)
             }
-            (None, Some(p)) => (
-                known.get(&p).map_or_else(|| self.task_span_id(info.id, p), |k| k.span_id),
-                false,
-                SpanLinks::default(),
-            ),
-            (None, None) => (SpanId::INVALID, false, SpanLinks::default()),
         };
         SpanData {
             span_context: SpanContext::new(e.trace_id, e.span_id, TraceFlags::SAMPLED, false, TraceState::default()),
@@ -554,12 +583,6 @@ fn forget<V>(map: &mut HashMap<u64, V>, now_ms: u64, seen: impl Fn(&V) -> u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-
-    thread_local! {
-        /// Application contexts by task id, standing in for the proposed TaskRecord fields.
-        pub(super) static APP: RefCell<HashMap<u64, AppContext>> = RefCell::new(HashMap::new());
-    }
 
     fn task(id: u64, parent: Option<u64>, state: TaskState, finished: Option<u64>) -> TaskRecord {
         TaskRecord {
@@ -576,7 +599,16 @@ mod tests {
             busy_ns: 1_500_000,
             longest_step_ns: 1_000_000,
             last_scheduled_delay_ns: 10_000,
+            ..Default::default()
         }
+    }
+
+    /// `t` created while the application's span `span` (of `trace`) was current.
+    fn under(mut t: TaskRecord, trace: &str, span: &str, sampled: bool) -> TaskRecord {
+        t.trace_id = Some(trace.into());
+        t.parent_span_id = Some(span.into());
+        t.trace_flags = u8::from(sampled);
+        t
     }
 
     fn info(id: u64) -> LoopInfo {
@@ -743,34 +775,62 @@ mod tests {
 
     #[test]
     fn tasks_with_an_application_context_join_its_trace() {
-        let app = parse_app_context(Some("4bf92f3577b34da6a3ce929d0e0e4736"), Some("00f067aa0ba902b7"), 1).unwrap();
-        let unsampled = AppContext { sampled: false, ..app };
-        APP.with(|m| *m.borrow_mut() = HashMap::from([(5, app), (7, unsampled)]));
+        const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        const OUTER: &str = "00f067aa0ba902b7";
+        const INNER: &str = "1111111111111111";
+        const DROPPED: &str = "2222222222222222";
+        let app = parse_app_context(Some(TRACE), Some(OUTER), 1).unwrap();
+        let inner = SpanId::from_hex(INNER).unwrap();
         let mut tr = Tracer::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
         let tables = Arc::new(Tables {
             tasks: vec![
+                // 1: the main task, made outside any application span: a trace of its own.
                 task(1, None, TaskState::Pending, None),
-                task(5, Some(1), TaskState::Done, Some(3_000)),
-                task(6, Some(5), TaskState::Done, Some(3_100)),
-                task(7, Some(1), TaskState::Done, Some(3_200)),
-                task(8, Some(7), TaskState::Done, Some(3_300)),
+                // 5: made by 1 inside the application's span OUTER.
+                under(task(5, Some(1), TaskState::Done, Some(3_000)), TRACE, OUTER, true),
+                // 6: made by 5 with OUTER still current (inherited): child of 5.
+                under(task(6, Some(5), TaskState::Done, Some(3_100)), TRACE, OUTER, true),
+                // 9: made by 5 inside INNER, a span 5 opened: child of INNER.
+                under(task(9, Some(5), TaskState::Done, Some(3_150)), TRACE, INNER, true),
+                // 7: made by 1 in a span the application did not sample, and 8 by 7.
+                under(task(7, Some(1), TaskState::Done, Some(3_200)), TRACE, DROPPED, false),
+                under(task(8, Some(7), TaskState::Done, Some(3_300)), TRACE, DROPPED, false),
+                // 10: made by 1 outside any span: the task tree, in 1's trace.
+                task(10, Some(1), TaskState::Done, Some(3_400)),
             ],
             ..Default::default()
         });
         let mut out = Vec::new();
         tr.on_tables(&info(1), &tables, 10_000, &mut out);
-        APP.with(|m| m.borrow_mut().clear());
-        assert_eq!(out.len(), 2, "5 and 6; 7 (unsampled by the application) and its child 8 are not");
-        assert_eq!(tr.tally.sampled_out, 2);
-        let (s5, s6) = (&out[0], &out[1]);
+        assert_eq!(tr.tally.sampled_out, 2, "7 (unsampled by the application) and its child 8");
+        let by_id = |id: i64| out.iter().find(|s| attr(s, "asyncio.task.id") == Some(id.into()));
+        assert!(by_id(7).is_none() && by_id(8).is_none());
+        let (s5, s6, s9, s10) = (by_id(5).unwrap(), by_id(6).unwrap(), by_id(9).unwrap(), by_id(10).unwrap());
         assert_eq!(s5.span_context.trace_id(), app.trace_id);
         assert_eq!(s5.parent_span_id, app.parent_span_id);
         assert!(s5.parent_span_is_remote);
         assert_eq!(s5.links.links.len(), 1, "a link to the parent task");
         assert_eq!(s5.links.links[0].span_context.span_id(), tr.task_span_id(1, 1));
         assert_eq!(s6.span_context.trace_id(), app.trace_id, "descendants stay in the application's trace");
-        assert_eq!(s6.parent_span_id, s5.span_context.span_id());
-        assert!(!s6.parent_span_is_remote);
+        assert_eq!(s6.parent_span_id, s5.span_context.span_id(), "the parent task is narrower than OUTER");
+        assert!(!s6.parent_span_is_remote && s6.links.links.is_empty());
+        assert_eq!(s9.span_context.trace_id(), app.trace_id);
+        assert_eq!(s9.parent_span_id, inner, "INNER, opened inside 5, is narrower than 5");
+        assert_eq!(s9.links.links[0].span_context.span_id(), s5.span_context.span_id());
+        assert_ne!(s10.span_context.trace_id(), app.trace_id, "no application span: the task's own trace");
+        assert_eq!(s10.parent_span_id, tr.task_span_id(1, 1));
+        assert!(s10.links.links.is_empty());
+    }
+
+    #[test]
+    fn explicit_samplers_decide_for_themselves() {
+        // Only the parent-based samplers follow the application's flag (as in the SDKs).
+        let mut tr = Tracer::new(Sampler::AlwaysOn);
+        let t = under(task(3, None, TaskState::Done, Some(2_000)), "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", false);
+        let mut out = Vec::new();
+        tr.on_tables(&info(1), &Arc::new(Tables { tasks: vec![t], ..Default::default() }), 1, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].parent_span_id, SpanId::from_hex("00f067aa0ba902b7").unwrap());
     }
 
     #[test]

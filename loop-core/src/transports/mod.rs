@@ -1,7 +1,110 @@
 //! Transports whose data path is in Rust: the socket is read and written here,
 //! and the protocol's callbacks are called directly, with no `Handle` per event.
 
+pub mod datagram;
 pub mod stream;
 mod write_buffer;
 
+pub use datagram::DatagramTransport;
 pub use stream::StreamTransport;
+
+use mio::Interest;
+use pyo3::prelude::*;
+
+/// Counters for the transport table.
+#[derive(Default, Clone, Copy)]
+pub struct TransportStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub calls_in: u64,
+    pub calls_out: u64,
+    pub high_water: usize,
+}
+
+/// A Rust transport the reactor owns an fd for.
+pub enum Transport {
+    Stream(Py<StreamTransport>),
+    Datagram(Py<DatagramTransport>),
+}
+
+impl From<Py<StreamTransport>> for Transport {
+    fn from(t: Py<StreamTransport>) -> Self {
+        Transport::Stream(t)
+    }
+}
+
+impl From<Py<DatagramTransport>> for Transport {
+    fn from(t: Py<DatagramTransport>) -> Self {
+        Transport::Datagram(t)
+    }
+}
+
+impl Transport {
+    pub fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Transport::Stream(t) => Transport::Stream(t.clone_ref(py)),
+            Transport::Datagram(t) => Transport::Datagram(t.clone_ref(py)),
+        }
+    }
+
+    pub fn as_any(&self) -> &Py<PyAny> {
+        match self {
+            Transport::Stream(t) => t.as_any(),
+            Transport::Datagram(t) => t.as_any(),
+        }
+    }
+
+    /// What the fd is registered for, for the transport's life. A datagram socket
+    /// wakes the poll at every send (each sent packet frees socket memory), so it
+    /// asks for writability only while datagrams wait in its buffer.
+    pub fn interest(&self) -> Interest {
+        match self {
+            Transport::Stream(_) => Interest::READABLE | Interest::WRITABLE,
+            Transport::Datagram(_) => Interest::READABLE,
+        }
+    }
+
+    /// The fd is ready; errors are only SystemExit/KeyboardInterrupt.
+    #[inline]
+    pub fn on_events(&self, py: Python<'_>, readable: bool, writable: bool, read_closed: bool) -> PyResult<()> {
+        match self {
+            Transport::Stream(t) => StreamTransport::on_events(t.bind(py), readable, writable, read_closed),
+            Transport::Datagram(t) => DatagramTransport::on_events(t.bind(py), readable, writable),
+        }
+    }
+
+    /// Marks a read as queued; false if one already is (a datagram transport reads
+    /// whenever its socket is readable).
+    pub fn claim_read(&self, py: Python<'_>) -> bool {
+        match self {
+            Transport::Stream(t) => t.get().claim_read(py),
+            Transport::Datagram(_) => true,
+        }
+    }
+
+    /// The protocol's class and the method its data goes to, which the inspector
+    /// names this transport's I/O after.
+    pub fn protocol_class<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, pyo3::types::PyType>, &'static str)> {
+        match self {
+            Transport::Stream(t) => t
+                .get()
+                .protocol_class(py)
+                .map(|(class, buffered)| (class, if buffered { "buffer_updated" } else { "data_received" })),
+            Transport::Datagram(t) => t.get().protocol_class(py).map(|class| (class, "datagram_received")),
+        }
+    }
+
+    pub fn record(&self, py: Python<'_>) -> PyResult<inspector::TransportRecord> {
+        match self {
+            Transport::Stream(t) => t.get().record(py),
+            Transport::Datagram(t) => t.get().record(py),
+        }
+    }
+
+    pub fn stats(&self, py: Python<'_>) -> TransportStats {
+        match self {
+            Transport::Stream(t) => t.get().stats(py),
+            Transport::Datagram(t) => t.get().stats(py),
+        }
+    }
+}

@@ -9,10 +9,16 @@
 //! was current when the transport was made, as asyncio's selector loop does.
 //!
 //! Because readiness is edge-triggered, a read that fills the whole buffer (so
-//! more may be waiting) queues the transport again for the next iteration, and
-//! `resume_reading()` queues a read: no data is left behind without an event.
+//! more may be waiting) and `resume_reading()` ask the reactor to report the
+//! transport readable again with the next poll's events: no data is left behind
+//! without an event. A transport is read at most once per iteration, at the
+//! point where asyncio's level-triggered selector loop would read it.
+//!
+//! TLS (`ssl=` or `start_tls`) is asyncio's `SSLProtocol`, a BufferedProtocol,
+//! over this transport: ciphertext is received straight into its buffer.
 
 use super::write_buffer::WriteBuffer;
+use super::TransportStats;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::with_context;
@@ -27,20 +33,20 @@ use std::io;
 use std::os::unix::io::RawFd;
 
 /// asyncio's default write-buffer high-water mark.
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+pub(super) const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// One read takes at most this much (asyncio's selector transports read 256 KiB).
-const MAX_READ: usize = 256 * 1024;
+pub(super) const MAX_READ: usize = 256 * 1024;
 /// asyncio warns once a closed transport has been written to this many times.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+pub(super) const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 /// A contiguous view of any buffer-protocol object, of any item format (as
 /// `socket.send` accepts), released on drop.
-struct RawBuffer {
+pub(crate) struct RawBuffer {
     view: Box<ffi::Py_buffer>,
 }
 
 impl RawBuffer {
-    fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<RawBuffer> {
+    pub(crate) fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<RawBuffer> {
         // SAFETY: a zeroed Py_buffer is what PyObject_GetBuffer expects to fill;
         // the Box keeps its address stable until PyBuffer_Release in Drop.
         let mut view: Box<ffi::Py_buffer> = Box::new(unsafe { std::mem::zeroed() });
@@ -51,16 +57,16 @@ impl RawBuffer {
         Ok(RawBuffer { view })
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.view.len as usize
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: PyBUF_SIMPLE/WRITABLE views are contiguous bytes of `len`.
         unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.len()) }
     }
 
-    fn as_mut_ptr(&self) -> *mut libc::c_void {
+    pub(crate) fn as_mut_ptr(&self) -> *mut libc::c_void {
         self.view.buf
     }
 }
@@ -75,7 +81,7 @@ impl Drop for RawBuffer {
 thread_local! {
     // Each loop thread reads into one buffer; data_received gets a bytes copy of
     // what was read, as with any socket.recv().
-    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+    pub(super) static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
 }
 
 /// The protocol, and whether it is a BufferedProtocol (decided at set_protocol,
@@ -83,16 +89,8 @@ thread_local! {
 struct Protocol {
     obj: Py<PyAny>,
     buffered: bool,
-}
-
-/// Counters for the transport table.
-#[derive(Default, Clone, Copy)]
-pub struct StreamStats {
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub calls_in: u64,
-    pub calls_out: u64,
-    pub high_water: usize,
+    /// asyncio's `SSLProtocol` (`ssl=` or `start_tls`): the transport carries TLS.
+    tls: bool,
 }
 
 struct Inner {
@@ -111,6 +109,8 @@ struct Inner {
     started: bool,
     /// eof_received() asked to keep the transport open: no more reads.
     read_done: bool,
+    /// A read of this transport is in the ready queue (see `claim_read`).
+    read_queued: bool,
     conn_lost: u32,
     protocol_paused: bool,
     /// `loop.sendfile()`: resolved once the write buffer is empty; writes are refused meanwhile.
@@ -125,7 +125,7 @@ struct Inner {
     paused_writing_ns: u64,
     high: usize,
     low: usize,
-    stats: StreamStats,
+    stats: TransportStats,
 }
 
 #[pyclass(frozen, weakref, module = "glassloop._core", name = "StreamTransportCore")]
@@ -136,11 +136,20 @@ pub struct StreamTransport {
     inner: GilCell<Inner>,
 }
 
+/// `OSError(errno, strerror)`, which Python turns into the matching subclass
+/// (ConnectionResetError, ...) with the message asyncio's transports give.
 fn os_error_from_errno(errno: i32) -> PyErr {
-    PyOSError::new_err((errno, io::Error::from_raw_os_error(errno).to_string()))
+    let mut buf = [0 as libc::c_char; 256];
+    // SAFETY: strerror_r (XSI) writes a NUL-terminated message into `buf`, within its length.
+    let message = if unsafe { libc::strerror_r(errno, buf.as_mut_ptr(), buf.len()) } == 0 {
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    } else {
+        format!("Unknown error {errno}")
+    };
+    PyOSError::new_err((errno, message))
 }
 
-fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
+pub(super) fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
@@ -248,11 +257,18 @@ impl StreamTransport {
             })
         };
         let (local, peer) = (addr("sockname")?, addr("peername")?);
-        let (protocol, kind) = self.inner.with(py, |i| {
-            (i.protocol.as_ref().map(|p| p.obj.clone_ref(py)), i.sock.as_ref().map(|s| s.clone_ref(py)))
+        let (protocol, tls, kind) = self.inner.with(py, |i| {
+            let tls = i.protocol.as_ref().is_some_and(|p| p.tls);
+            (i.protocol.as_ref().map(|p| p.obj.clone_ref(py)), tls, i.sock.as_ref().map(|s| s.clone_ref(py)))
         });
+        // A TLS transport is shown with the application's protocol, not asyncio's SSLProtocol.
+        let protocol = match protocol {
+            Some(p) if tls => p.bind(py).getattr(pyo3::intern!(py, "_app_protocol")).ok().filter(|a| !a.is_none()),
+            Some(p) => Some(p.into_bound(py)),
+            None => None,
+        };
         let protocol_name = match protocol {
-            Some(p) => p.bind(py).get_type().name()?.to_string(),
+            Some(p) => p.get_type().name()?.to_string(),
             None => String::new(),
         };
         let is_unix = match kind {
@@ -262,7 +278,13 @@ impl StreamTransport {
         let now = crate::clock::now_ns();
         Ok(self.inner.with(py, |i| inspector::TransportRecord {
             id: self.fd as u64,
-            kind: if is_unix { inspector::TransportKind::Unix } else { inspector::TransportKind::Tcp },
+            kind: if tls {
+                inspector::TransportKind::Tls
+            } else if is_unix {
+                inspector::TransportKind::Unix
+            } else {
+                inspector::TransportKind::Tcp
+            },
             local,
             peer,
             protocol: protocol_name,
@@ -281,7 +303,18 @@ impl StreamTransport {
         }))
     }
 
-    pub fn stats(&self, py: Python<'_>) -> StreamStats {
+    /// Marks a read as queued; false if one already is (the caller then queues none).
+    pub fn claim_read(&self, py: Python<'_>) -> bool {
+        self.inner.with(py, |i| !std::mem::replace(&mut i.read_queued, true))
+    }
+
+    /// The protocol's class and whether it is buffered: what the inspector names
+    /// this transport's I/O after (its `data_received`/`buffer_updated`).
+    pub fn protocol_class<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, pyo3::types::PyType>, bool)> {
+        self.inner.with(py, |i| i.protocol.as_ref().map(|p| (p.obj.bind(py).get_type(), p.buffered)))
+    }
+
+    pub fn stats(&self, py: Python<'_>) -> TransportStats {
         self.inner.with(py, |i| {
             let mut s = i.stats;
             s.high_water = i.buffer.high_water;
@@ -312,24 +345,17 @@ impl StreamTransport {
 
     /// The loop calls this when the fd is ready; errors are only SystemExit/KeyboardInterrupt.
     /// `read_closed`: the event said the peer shut down its side (or the read was
-    /// queued by us, with no event to tell): a short read then does not mean drained,
-    /// because the FIN raised no edge of its own.
+    /// asked for by us, with no event to tell): a short read then does not mean
+    /// drained, because the FIN raised no edge of its own.
     pub fn on_events(slf: &Bound<'_, Self>, readable: bool, writable: bool, read_closed: bool) -> PyResult<()> {
         let this = slf.get();
         let py = slf.py();
         with_context(py, &this.context, || {
             if readable {
+                this.inner.with(py, |i| i.read_queued = false);
                 match Self::read_ready(slf)? {
-                    ReadOutcome::Short if read_closed => {
-                        if let Some(core) = this.core(py) {
-                            core.get().queue_io(py, slf.clone().unbind(), true, false);
-                        }
-                    }
-                    ReadOutcome::More => {
-                        if let Some(core) = this.core(py) {
-                            core.get().queue_io(py, slf.clone().unbind(), true, false);
-                        }
-                    }
+                    ReadOutcome::Short if read_closed => Self::read_again(slf),
+                    ReadOutcome::More => Self::read_again(slf),
                     ReadOutcome::Eof => Self::on_eof(slf)?,
                     ReadOutcome::Short | ReadOutcome::Drained | ReadOutcome::Closed => {}
                 }
@@ -342,6 +368,14 @@ impl StreamTransport {
             }
             Ok(())
         })
+    }
+
+    /// Reads again with the next poll's events: edge-triggered readiness raises
+    /// no new event for data (or a FIN) already waiting.
+    fn read_again(slf: &Bound<'_, Self>) {
+        if let Some(core) = slf.get().core(slf.py()) {
+            core.get().queue_read(slf.py(), slf.clone().unbind());
+        }
     }
 
     fn read_ready(slf: &Bound<'_, Self>) -> PyResult<ReadOutcome> {
@@ -613,7 +647,7 @@ impl StreamTransport {
     }
 
     /// The bytes of a write() argument, with asyncio's type check.
-    fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<RawBuffer> {
+    pub(super) fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<RawBuffer> {
         if !(data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()) {
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not {}",
@@ -686,7 +720,8 @@ impl StreamTransport {
 
     fn set_protocol_inner(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let buffered = protocol.is_instance(stdlib::buffered_protocol(py)?)?;
-        let old = self.inner.with(py, |i| i.protocol.replace(Protocol { obj: protocol.clone().unbind(), buffered }));
+        let tls = buffered && protocol.is_instance(stdlib::ssl_protocol(py)?)?;
+        let old = self.inner.with(py, |i| i.protocol.replace(Protocol { obj: protocol.clone().unbind(), buffered, tls }));
         drop(old);
         Ok(())
     }
@@ -742,6 +777,7 @@ impl StreamTransport {
                 paused: false,
                 started: false,
                 read_done: false,
+                read_queued: false,
                 conn_lost: 0,
                 protocol_paused: false,
                 empty_waiter: None,
@@ -753,7 +789,7 @@ impl StreamTransport {
                 paused_writing_ns: 0,
                 high: DEFAULT_HIGH_WATER,
                 low: DEFAULT_HIGH_WATER / 4,
-                stats: StreamStats::default(),
+                stats: TransportStats::default(),
             }),
         };
         transport.set_protocol_inner(py, &protocol)?;
@@ -778,9 +814,10 @@ impl StreamTransport {
         if !start {
             return Ok(());
         }
+        // Registering reports what already arrived (epoll checks readiness on
+        // EPOLL_CTL_ADD) with the next poll, when asyncio's loop would see it too.
         if let Some(core) = this.core(py) {
             core.get().register_transport(py, this.fd, slf.clone().unbind())?;
-            core.get().queue_io(py, slf.clone().unbind(), true, false);
         }
         Ok(())
     }
@@ -908,8 +945,8 @@ impl StreamTransport {
         });
         if resumed {
             // Edge-triggered: data that arrived while paused raised no new event.
-            if let (true, Some(core)) = (started, this.core(py)) {
-                core.get().queue_io(py, slf.clone().unbind(), true, false);
+            if started {
+                Self::read_again(slf);
             }
             if let Some(lp) = this.loop_obj(py) {
                 if lp.call_method0("get_debug")?.is_truthy()? {

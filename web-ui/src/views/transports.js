@@ -9,7 +9,8 @@ import { asOf, errorNote, pager, poller } from "./common.js";
 import { rates } from "../rates.js";
 
 const LIMIT = 100;
-const KINDS = ["tcp", "unix", "udp", "pipe", "subprocess", "tls"];
+const SERVER_HEAD = ["kind", "addresses", "protocol", "state", "accepted", "open", "refused", "age"];
+const KINDS = ["tcp", "unix", "udp", "pipe_read", "pipe_write", "subprocess", "tls"];
 
 export function transportsTab(el, l) {
   let kind = "";
@@ -55,7 +56,7 @@ export function transportsTab(el, l) {
         h(
           "table",
           { class: "servers" },
-          h("thead", null, h("tr", null, ["kind", "addresses", "serving", "accepted", "open", "refused"].map((x, i) => h("th", { class: i > 2 ? "n" : null }, x)))),
+          h("thead", null, h("tr", null, SERVER_HEAD.map((x, i) => h("th", { class: i > 3 && i < 7 ? "n" : null }, x)))),
           srvBody,
         ),
       ),
@@ -118,15 +119,17 @@ export function transportsTab(el, l) {
               h(
                 "tr",
                 { dataset: { server: String(s.id) } },
-                h("td", null, h("span", { class: "badge" }, s.kind)),
+                h("td", null, h("span", { class: "badge" }, s.tls ? `${s.kind} + tls` : s.kind)),
                 h("td", null, s.addresses.map((a) => h("code", { class: "addr" }, a))),
-                h("td", null, s.serving ? "yes" : "no"),
+                h("td", null, s.protocol_factory || "–"),
+                h("td", null, h("span", { class: `badge ${s.serving ? "state-running" : "state-closed"}` }, s.state || (s.serving ? "serving" : "not serving"))),
                 h("td", { class: "n" }, count(s.accepted)),
                 h("td", { class: "n" }, count(s.open)),
-                h("td", { class: "n" }, count(s.refused)),
+                h("td", { class: s.refused ? "n warn-text" : "n" }, count(s.refused)),
+                h("td", { class: "n" }, s.created_unix_ms ? age(serverNow() - s.created_unix_ms) : "–"),
               ),
             )
-          : h("tr", null, h("td", { colspan: 6, class: "empty" }, "No servers.")),
+          : h("tr", null, h("td", { colspan: SERVER_HEAD.length, class: "empty" }, "No servers.")),
       );
     } catch (e) {
       fill(err, errorNote(e));
