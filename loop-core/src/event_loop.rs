@@ -130,6 +130,17 @@ fn task_outcome(task: &Bound<'_, PyAny>) -> (TaskState, Option<String>) {
     }
 }
 
+/// Drops references collected under the state borrow, now that it is released.
+/// Most iterations collect none: an unallocated vector needs no drop call.
+#[inline]
+fn drop_garbage<T>(garbage: Vec<T>) {
+    if garbage.capacity() == 0 {
+        std::mem::forget(garbage); // owns no allocation and no element
+    } else {
+        drop(garbage);
+    }
+}
+
 fn os_error(e: io::Error) -> PyErr {
     match e.raw_os_error() {
         // OSError(errno, strerror) picks the right subclass (PermissionError, ...).
@@ -314,7 +325,7 @@ impl LoopCore {
             };
             (has_ready, next_when, s.link.as_ref().map(|l| l.next_sample_ns), s.now_ns, s.last_poll_ns)
         });
-        drop(garbage_timers);
+        drop_garbage(garbage_timers);
         let (timeout, poll_start) = if has_ready {
             (Some(Duration::ZERO), cached_now)
         } else if self.stopping.load(Ordering::Relaxed) {
@@ -378,8 +389,10 @@ impl LoopCore {
                 s.last_poll_ns = poll_end;
             }
             let before = s.ready.len();
-            let State { watchers, ready, .. } = s;
-            watchers.dispatch_rereads(py, poll_end, ready, &mut garbage_rereads);
+            if s.watchers.has_rereads() {
+                let State { watchers, ready, .. } = s;
+                watchers.dispatch_rereads(py, poll_end, ready, &mut garbage_rereads);
+            }
             for event in poller.iter().flat_map(|p| p.events.iter()) {
                 if event.token() == WAKER_TOKEN {
                     continue; // the thread that woke us already queued its handle
@@ -397,7 +410,8 @@ impl LoopCore {
             (s.ready.len(), s.ready.len() != before)
         });
         drop(poller);
-        drop((garbage_timers, garbage_rereads));
+        drop_garbage(garbage_timers);
+        drop_garbage(garbage_rereads);
 
         // 4. Run what is ready now; anything they schedule waits for the next iteration.
         let inspected = heartbeat.is_some();
