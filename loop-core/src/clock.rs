@@ -13,6 +13,15 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Milliseconds since the Unix epoch (CLOCK_REALTIME), for timestamps people read.
+#[inline]
+pub fn unix_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    (ts.tv_sec.max(0) as u64) * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// Seconds as `time.monotonic()` reports them.
 #[inline]
 pub fn ns_to_secs(ns: u64) -> f64 {

@@ -9,7 +9,8 @@
 
 use crate::clock;
 use crate::gil_cell::GilCell;
-use crate::handles::{check_callback, Handle, Ready, TimerHandle};
+use crate::fastcall;
+use crate::handles::{check_callback, Args, Handle, Ready, TimerHandle};
 use crate::servers::{ServerEntry, Servers};
 use crate::sites::{self, SiteOwner, Sites};
 use crate::slow::{SlowCallback, SlowLog};
@@ -23,6 +24,7 @@ use mio::{Events, Poll, Registry, Waker};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
+use pyo3::Borrowed;
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::io::RawFd;
@@ -112,18 +114,30 @@ pub struct LoopCore {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    clock::unix_ms()
 }
 
 /// A finished task's outcome, read without side effects (`exception()` would
 /// mark the exception retrieved and silence asyncio's "never retrieved" warning).
 fn task_outcome(task: &Bound<'_, PyAny>) -> (TaskState, Option<String>) {
-    if task.call_method0("cancelled").and_then(|c| c.is_truthy()).unwrap_or(false) {
+    let py = task.py();
+    if tasks::is_cancelled(task) {
         return (TaskState::Cancelled, None);
     }
-    match task.getattr("_exception") {
+    match task.getattr(pyo3::intern!(py, "_exception")) {
         Ok(exc) if !exc.is_none() => (TaskState::Failed, exc.get_type().name().ok().map(|n| n.to_string())),
         _ => (TaskState::Done, None),
+    }
+}
+
+/// Drops references collected under the state borrow, now that it is released.
+/// Most iterations collect none: an unallocated vector needs no drop call.
+#[inline]
+fn drop_garbage<T>(garbage: Vec<T>) {
+    if garbage.capacity() == 0 {
+        std::mem::forget(garbage); // owns no allocation and no element
+    } else {
+        drop(garbage);
     }
 }
 
@@ -176,9 +190,9 @@ impl LoopCore {
         self.debug.load(Ordering::Relaxed)
     }
 
-    fn schedule(&self, py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
-        let handle = Py::new(py, handle)?;
-        let queued = handle.clone_ref(py);
+    fn schedule<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, Handle>> {
+        let handle = Bound::new(py, handle)?;
+        let queued = handle.clone().unbind();
         self.state.with(py, |s| {
             let queued_ns = s.now_ns;
             s.ready.push_back(Ready::Call { handle: queued, queued_ns })
@@ -186,20 +200,85 @@ impl LoopCore {
         Ok(handle)
     }
 
-    fn new_timer(
+    fn new_timer<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         when: f64,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        let handle = Handle::new(py, callback.clone(), args.clone(), context, self.is_debug())?;
+        callback: Borrowed<'_, 'py, PyAny>,
+        args: Args,
+        context: Option<Borrowed<'_, 'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        let handle = Handle::with_args(py, callback.to_owned(), args, context.map(|c| c.to_owned()), self.is_debug())?;
         let counter = self.state.with(py, |s| s.timers.cancel_counter());
-        let timer = Py::new(py, TimerHandle::new_pair(handle, when, counter))?;
-        let queued = timer.clone_ref(py);
+        let timer = Bound::new(py, TimerHandle::new_pair(handle, when, counter))?;
+        let queued = timer.clone().unbind();
         self.state.with(py, |s| s.timers.push(when, queued));
         Ok(timer)
+    }
+
+    /// `call_soon(callback, *args, context=None)`: schedules `callback(*args)` for
+    /// the next iteration, in `context` (default: a copy of the current one).
+    fn call_soon<'py>(
+        &self,
+        py: Python<'py>,
+        callback: Borrowed<'_, 'py, PyAny>,
+        args: &[*mut pyo3::ffi::PyObject],
+        context: Option<Borrowed<'_, 'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        self.check_closed()?;
+        let debug = self.is_debug();
+        if debug {
+            // asyncio checks the thread and the callback only in debug mode.
+            self.check_thread()?;
+            check_callback(py, &callback, "call_soon")?;
+        }
+        let args = Args::from_slice(py, args)?;
+        self.schedule(py, Handle::with_args(py, callback.to_owned(), args, context.map(|c| c.to_owned()), debug)?)
+    }
+
+    /// Like `call_soon`, from any thread: wakes the loop if it is waiting.
+    fn call_soon_threadsafe<'py>(
+        &self,
+        py: Python<'py>,
+        callback: Borrowed<'_, 'py, PyAny>,
+        args: &[*mut pyo3::ffi::PyObject],
+        context: Option<Borrowed<'_, 'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Handle>> {
+        self.check_closed()?;
+        if self.is_debug() {
+            check_callback(py, &callback, "call_soon_threadsafe")?;
+        }
+        let args = Args::from_slice(py, args)?;
+        let handle = Bound::new(py, Handle::with_args(py, callback.to_owned(), args, context.map(|c| c.to_owned()), self.is_debug())?)?;
+        let queued = handle.clone().unbind();
+        // Another thread: the loop's cached "now" may be a whole poll old.
+        let queued_ns = clock::now_ns();
+        self.state.with(py, |s| s.ready.push_back(Ready::Call { handle: queued, queued_ns }));
+        // The loop sets `sleeping` while holding the GIL, right before it releases it
+        // to poll, so under the GIL we either see it set (and wake the poll) or the
+        // loop has not computed its timeout yet (and will see our handle).
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.waker.wake().map_err(os_error)?;
+        }
+        Ok(handle)
+    }
+
+    /// `call_at(when, callback, *args, context=None)`: schedules `callback(*args)`
+    /// at `when`, an absolute time on `loop.time()`'s clock.
+    fn call_at<'py>(
+        &self,
+        py: Python<'py>,
+        when: f64,
+        callback: Borrowed<'_, 'py, PyAny>,
+        args: &[*mut pyo3::ffi::PyObject],
+        context: Option<Borrowed<'_, 'py, PyAny>>,
+    ) -> PyResult<Bound<'py, TimerHandle>> {
+        self.check_closed()?;
+        if self.is_debug() {
+            self.check_thread()?;
+            check_callback(py, &callback, "call_at")?;
+        }
+        self.new_timer(py, when, callback, Args::from_slice(py, args)?, context)
     }
 
     /// One iteration: poll for I/O (sleeping until the next timer when there is
@@ -232,43 +311,64 @@ impl LoopCore {
         };
         let mut garbage_timers = Vec::new();
 
-        // 1. How long may we sleep?
-        let (has_ready, next_when, next_sample) = self.state.with(py, |s| {
+        // 1. How long may we sleep? `now_ns` is when the last callback (or poll)
+        // ended, a moment ago: deciding costs no clock read.
+        let (has_ready, next_when, next_sample, cached_now, last_poll) = self.state.with(py, |s| {
             s.watchers.rearm(&self.registry);
-            (!s.ready.is_empty() || s.watchers.has_rereads(), s.timers.next_when(py, &mut garbage_timers), s.link.as_ref().map(|l| l.next_sample_ns))
+            let has_ready = !s.ready.is_empty() || s.watchers.has_rereads();
+            let next_when = if has_ready {
+                // The poll won't wait for a timer; only keep the heap compact.
+                s.timers.maybe_compact(py, &mut garbage_timers);
+                None
+            } else {
+                s.timers.next_when(py, &mut garbage_timers)
+            };
+            (has_ready, next_when, s.link.as_ref().map(|l| l.next_sample_ns), s.now_ns, s.last_poll_ns)
         });
-        drop(garbage_timers);
-        let timeout = if has_ready || self.stopping.load(Ordering::Relaxed) {
-            Some(Duration::ZERO)
+        drop_garbage(garbage_timers);
+        let (timeout, poll_start) = if has_ready {
+            (Some(Duration::ZERO), cached_now)
+        } else if self.stopping.load(Ordering::Relaxed) {
+            (Some(Duration::ZERO), clock::now_ns())
         } else {
+            // Timers are due by the clock, not by the cached "now": read it.
+            let now = clock::now_ns();
             // An inspected loop also wakes for its next sample, so an idle loop keeps reporting.
             let deadline = match (next_when.map(clock::secs_to_ns_ceil), next_sample) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            deadline.map(|deadline| {
+            let timeout = deadline.map(|deadline| {
                 // Round up to whole milliseconds (epoll's unit) so we never wake early.
-                let ms = deadline.saturating_sub(clock::now_ns()).div_ceil(1_000_000);
+                let ms = deadline.saturating_sub(now).div_ceil(1_000_000);
                 Duration::from_millis(ms).min(MAX_POLL_TIMEOUT)
-            })
+            });
+            (timeout, now)
         };
 
-        // 2. Poll, without the GIL (unless callbacks are waiting and we polled just now).
-        let poll_start = clock::now_ns();
-        let last_poll = self.state.with(py, |s| s.last_poll_ns);
-        let skip_poll = timeout == Some(Duration::ZERO) && poll_start.saturating_sub(last_poll) < MIN_POLL_INTERVAL_NS;
+        // 2. Poll (unless callbacks are waiting and we polled just now). Only a poll
+        // that may block releases the GIL: a zero-timeout one returns at once.
+        let skip_poll = has_ready && poll_start.saturating_sub(last_poll) < MIN_POLL_INTERVAL_NS;
         let mut poll_end = poll_start;
+        let mut poller = None;
         if !skip_poll {
-            let blocking = timeout != Some(Duration::ZERO);
-            if blocking {
-                self.sleeping.store(true, Ordering::SeqCst);
-            }
-            let polled = py.detach(|| {
+            let polled = if timeout == Some(Duration::ZERO) {
                 let mut p = self.poller.lock().unwrap_or_else(|e| e.into_inner());
                 let Poller { poll, events } = &mut *p;
-                poll.poll(events, timeout)
-            });
-            self.sleeping.store(false, Ordering::SeqCst);
+                let polled = poll.poll(events, timeout);
+                poller = Some(p);
+                polled
+            } else {
+                self.sleeping.store(true, Ordering::SeqCst);
+                let polled = py.detach(|| {
+                    let mut p = self.poller.lock().unwrap_or_else(|e| e.into_inner());
+                    let Poller { poll, events } = &mut *p;
+                    poll.poll(events, timeout)
+                });
+                self.sleeping.store(false, Ordering::SeqCst);
+                poller = Some(self.poller.lock().unwrap_or_else(|e| e.into_inner()));
+                polled
+            };
             poll_end = clock::now_ns();
             match polled {
                 Ok(()) => {}
@@ -278,47 +378,48 @@ impl LoopCore {
             }
         }
 
-        // 3. Queue I/O callbacks and due timers.
+        // 3. Queue I/O callbacks and due timers (due by the clock read after the poll, as asyncio).
         let mut garbage_timers = Vec::new();
         let mut garbage_rereads = Vec::new();
-        {
-            let p = if skip_poll { None } else { Some(self.poller.lock().unwrap_or_else(|e| e.into_inner())) };
-            self.state.with(py, |s| {
-                s.recorder.iterations += 1;
-                s.recorder.idle_ns += poll_end - poll_start;
-                s.now_ns = poll_end;
-                if !skip_poll {
-                    s.last_poll_ns = poll_end;
-                }
+        let (ntodo, queued_any) = self.state.with(py, |s| {
+            s.recorder.iterations += 1;
+            s.recorder.idle_ns += poll_end - poll_start;
+            s.now_ns = poll_end;
+            if !skip_poll {
+                s.last_poll_ns = poll_end;
+            }
+            let before = s.ready.len();
+            if s.watchers.has_rereads() {
                 let State { watchers, ready, .. } = s;
                 watchers.dispatch_rereads(py, poll_end, ready, &mut garbage_rereads);
-                for event in p.iter().flat_map(|p| p.events.iter()) {
-                    if event.token() == WAKER_TOKEN {
-                        continue; // the thread that woke us already queued its handle
-                    }
-                    let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                    let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                    let State { watchers, ready, .. } = s;
-                    watchers.dispatch(py, event.token().0 as RawFd, readable, writable, event.is_read_closed(), poll_end, ready);
+            }
+            for event in poller.iter().flat_map(|p| p.events.iter()) {
+                if event.token() == WAKER_TOKEN {
+                    continue; // the thread that woke us already queued its handle
                 }
-                let now = clock::ns_to_secs(clock::now_ns());
-                let State { timers, ready, recorder, .. } = s;
-                timers.pop_due(py, now, ready, &mut garbage_timers, |late| {
-                    recorder.timer_fired((late * 1e9) as u64)
-                });
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                let State { watchers, ready, .. } = s;
+                watchers.dispatch(py, event.token().0 as RawFd, readable, writable, event.is_read_closed(), poll_end, ready);
+            }
+            let State { timers, ready, recorder, .. } = s;
+            timers.pop_due(py, clock::ns_to_secs(poll_end), ready, &mut garbage_timers, |late| {
+                recorder.timer_fired((late * 1e9) as u64)
             });
-        }
-        drop((garbage_timers, garbage_rereads));
+            s.recorder.ready_queue(s.ready.len());
+            (s.ready.len(), s.ready.len() != before)
+        });
+        drop(poller);
+        drop_garbage(garbage_timers);
+        drop_garbage(garbage_rereads);
 
         // 4. Run what is ready now; anything they schedule waits for the next iteration.
-        let ntodo = self.state.with(py, |s| {
-            s.recorder.ready_queue(s.ready.len());
-            s.ready.len()
-        });
         let inspected = heartbeat.is_some();
         let debug = self.is_debug();
         let slow_ns = (f64::from_bits(self.slow_callback_duration.load(Ordering::Relaxed)) * 1e9) as u64;
-        let mut t0 = clock::now_ns();
+        // One clock read ends a callback and starts the next; the poll's serves the
+        // first, unless queueing the iteration's work took time of its own.
+        let mut t0 = if queued_any { clock::now_ns() } else { poll_end };
         let busy_start = t0;
         for _ in 0..ntodo {
             let Some(entry) = self.state.with(py, |s| s.ready.pop_front()) else {
@@ -355,20 +456,25 @@ impl LoopCore {
                     continue;
                 }
             };
+            // Bound: dropped with a plain decref (a Py checks the thread's attach count first).
+            let handle = handle.into_bound(py);
             let h = handle.get();
             if h.is_cancelled() {
                 continue;
             }
             let Some((func, args)) = h.callback_parts(py) else { continue };
-            let func = func.into_bound(py);
-            let task_candidate = tasks::step_owner(&func);
-            let (task, task_site, task_slot) = self.state.with(py, |s| {
-                let task = task_candidate.and_then(|t| s.tasks.id_of(t).map(|id| (t, id)));
-                s.current_task = task.map(|(_, id)| id);
-                let task = task.map(|(t, _)| t);
-                let code = task.and_then(|t| s.tasks.code_of(t)).map(|c| c.as_ptr() as usize);
-                (task, code, code.and_then(|c| s.sites.slot(c)))
-            });
+            // Most callbacks are no task step: no state borrow for them here.
+            let (task, task_site, task_slot) = match tasks::step_owner(&func) {
+                Some(candidate) => self.state.with(py, |s| match s.tasks.get(candidate) {
+                    Some(entry) => {
+                        s.current_task = Some(entry.id);
+                        let code = entry.code.as_ref().map(|c| c.as_ptr() as usize);
+                        (Some(candidate), code, code.and_then(|c| s.sites.slot(c)))
+                    }
+                    None => (None, None, None),
+                }),
+                None => (None, None, None),
+            };
             // The site (a task's coroutine code, or the callback's own) and its slot in
             // the profile, found before the callback runs: a site seen for the first
             // time is added (and named to the inspector) now, so a stall in this very
@@ -395,6 +501,7 @@ impl LoopCore {
             }
 
             let result = h.call_in_context(py, &func, &args);
+            args.release(py);
 
             let t1 = clock::now_ns();
             let took = t1 - t0;
@@ -427,14 +534,14 @@ impl LoopCore {
                 self.report_callback_error(py, loop_obj, &handle, err)?;
             }
             if debug && is_slow {
-                let text = stdlib::format_handle(py)?.call1((handle.bind(py),))?;
+                let text = stdlib::format_handle(py)?.call1((&handle,))?;
                 stdlib::asyncio_logger(py)?.call_method1(
                     "warning",
                     ("Executing %s took %.3f seconds", text, clock::ns_to_secs(took)),
                 )?;
             }
         }
-        let end = clock::now_ns();
+        let end = t0;
         let busy = end - busy_start;
         // The link leaves the state only when something is due (it is boxed: a move is a pointer).
         let (iterations, mut link) = self.state.with(py, |s| {
@@ -455,18 +562,64 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Adds a task to the task table; `coro` is its coroutine when the caller has
+    /// it, `context` the one `create_task` was given (the task runs in it), if any.
+    fn task_created(
+        &self,
+        py: Python<'_>,
+        task: &Bound<'_, PyAny>,
+        coro: Option<&Bound<'_, PyAny>>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        // SAFETY: GIL held; PyWeakref_NewRef returns a new reference or NULL with an error set.
+        let weak = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))? }.unbind();
+        let coro = match coro {
+            Some(c) => Some(c.clone()),
+            None => task.call_method0(pyo3::intern!(py, "get_coro")).ok(),
+        };
+        let code = coro
+            .and_then(|c| c.getattr(pyo3::intern!(py, "cr_code")).or_else(|_| c.getattr(pyo3::intern!(py, "gi_code"))).ok())
+            .map(Bound::unbind);
+        let created_unix_ms = unix_ms();
+        let app_span = if crate::otel::capturing() {
+            crate::otel::current_span(py, context.filter(|c| !c.is_none())).map(Box::new)
+        } else {
+            None
+        };
+        let gone = self.state.with(py, |s| {
+            let entry = TaskEntry {
+                id: s.tasks.next_id(),
+                weak,
+                code,
+                parent: s.current_task,
+                created_unix_ms,
+                finished_unix_ms: None,
+                state: TaskState::Pending,
+                exception_type: None,
+                name: None,
+                steps: 0,
+                busy_ns: 0,
+                longest_step_ns: 0,
+                last_delay_ns: 0,
+                app_span,
+            };
+            s.tasks.insert(task.as_ptr() as usize, entry, py)
+        });
+        drop(gone);
+        Ok(())
+    }
+
     /// A task step just ran: if the task finished, move it to the finished list.
     fn after_task_step(&self, py: Python<'_>, task_ptr: usize, func: &Bound<'_, PyAny>) {
         // SAFETY: `func` (the step callback) holds a reference to the task, so the
         // address is a live object for as long as `func` is.
         let task = unsafe { Bound::from_borrowed_ptr(py, task_ptr as *mut pyo3::ffi::PyObject) };
         let _keep = func;
-        let done = task.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(false);
-        if !done {
+        if !tasks::is_done(&task) {
             return;
         }
         let (state, exc) = task_outcome(&task);
-        let name = task.call_method0(pyo3::intern!(py, "get_name")).and_then(|n| n.extract::<String>()).ok();
+        let name = tasks::name_of(&task);
         let now_ms = unix_ms();
         let dropped = self.state.with(py, |s| s.tasks.finish(task_ptr, state, exc, name, now_ms));
         drop(dropped);
@@ -527,7 +680,7 @@ impl LoopCore {
 
     /// An exception escaped a callback: SystemExit and KeyboardInterrupt end the
     /// run (as in asyncio); anything else goes to the loop's exception handler.
-    fn report_callback_error(&self, py: Python<'_>, loop_obj: &Bound<'_, PyAny>, handle: &Py<Handle>, err: PyErr) -> PyResult<()> {
+    fn report_callback_error(&self, py: Python<'_>, loop_obj: &Bound<'_, PyAny>, handle: &Bound<'_, Handle>, err: PyErr) -> PyResult<()> {
         if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
             return Err(err);
         }
@@ -536,7 +689,7 @@ impl LoopCore {
         let context = PyDict::new(py);
         context.set_item("message", format!("Exception in callback {source}"))?;
         context.set_item("exception", err.into_value(py))?;
-        context.set_item("handle", handle.bind(py))?;
+        context.set_item("handle", handle)?;
         if let Some(tb) = h.source_traceback(py) {
             context.set_item("source_traceback", tb)?;
         }
@@ -618,89 +771,6 @@ impl LoopCore {
         clock::ns_to_secs(clock::now_ns())
     }
 
-    /// Schedules `callback(*args)` for the next iteration, in `context` (default: a copy of the current one).
-    #[pyo3(signature = (callback, *args, context = None))]
-    fn call_soon(
-        &self,
-        py: Python<'_>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        self.check_closed()?;
-        let debug = self.is_debug();
-        if debug {
-            // asyncio checks the thread and the callback only in debug mode.
-            self.check_thread()?;
-            check_callback(py, &callback, "call_soon")?;
-        }
-        self.schedule(py, Handle::new(py, callback, args, context, debug)?)
-    }
-
-    /// Like `call_soon`, from any thread: wakes the loop if it is waiting.
-    #[pyo3(signature = (callback, *args, context = None))]
-    fn call_soon_threadsafe(
-        &self,
-        py: Python<'_>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        self.check_closed()?;
-        if self.is_debug() {
-            check_callback(py, &callback, "call_soon_threadsafe")?;
-        }
-        let handle = Py::new(py, Handle::new(py, callback, args, context, self.is_debug())?)?;
-        let queued = handle.clone_ref(py);
-        // Another thread: the loop's cached "now" may be a whole poll old.
-        let queued_ns = clock::now_ns();
-        self.state.with(py, |s| s.ready.push_back(Ready::Call { handle: queued, queued_ns }));
-        // The loop sets `sleeping` while holding the GIL, right before it releases it
-        // to poll, so under the GIL we either see it set (and wake the poll) or the
-        // loop has not computed its timeout yet (and will see our handle).
-        if self.sleeping.swap(false, Ordering::SeqCst) {
-            self.waker.wake().map_err(os_error)?;
-        }
-        Ok(handle)
-    }
-
-    /// Schedules `callback(*args)` to run `delay` seconds from now.
-    #[pyo3(signature = (delay, callback, *args, context = None))]
-    fn call_later(
-        &self,
-        py: Python<'_>,
-        delay: Option<f64>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        let Some(delay) = delay else {
-            return Err(pyo3::exceptions::PyTypeError::new_err("delay must not be None"));
-        };
-        self.call_at(py, Some(self.time() + delay), callback, args, context)
-    }
-
-    /// Schedules `callback(*args)` at `when`, an absolute time on `loop.time()`'s clock.
-    #[pyo3(signature = (when, callback, *args, context = None))]
-    fn call_at(
-        &self,
-        py: Python<'_>,
-        when: Option<f64>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        let Some(when) = when else {
-            return Err(pyo3::exceptions::PyTypeError::new_err("when cannot be None"));
-        };
-        self.check_closed()?;
-        if self.is_debug() {
-            self.check_thread()?;
-            check_callback(py, &callback, "call_at")?;
-        }
-        self.new_timer(py, when, &callback, &args, context)
-    }
-
     /// Asks the loop to stop after the current iteration.
     fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
@@ -711,6 +781,8 @@ impl LoopCore {
         let this = slf.get();
         let py = slf.py();
         let loop_obj = slf.as_any();
+        // Iterations take "now" from the end of the previous one: start from a fresh reading.
+        this.state.with(py, |s| s.now_ns = clock::now_ns());
         loop {
             this.run_once(py, loop_obj)?;
             if this.stopping.load(Ordering::Relaxed) {
@@ -816,16 +888,32 @@ impl LoopCore {
             }
             return slf.call_method(pyo3::intern!(py, "_create_task_slow"), (coro,), Some(&all));
         }
-        let kw = PyDict::new(py);
-        kw.set_item(pyo3::intern!(py, "loop"), slf)?;
+        // Task(coro, loop=self[, name=...][, context=...]) by vectorcall: no keyword dict.
+        let mut values = vec![coro.as_ptr(), slf.as_ptr()];
+        let mut names = vec![pyo3::intern!(py, "loop")];
         if let Some(n) = name {
-            kw.set_item(pyo3::intern!(py, "name"), n)?;
+            values.push(n.as_ptr());
+            names.push(pyo3::intern!(py, "name"));
         }
         if let Some(c) = context {
-            kw.set_item(pyo3::intern!(py, "context"), c)?;
+            values.push(c.as_ptr());
+            names.push(pyo3::intern!(py, "context"));
         }
-        let task = stdlib::task_type(py)?.call((coro,), Some(&kw))?;
-        this._task_created(py, &task, context)?;
+        static LOOP_ONLY: pyo3::sync::PyOnceLock<Py<PyTuple>> = pyo3::sync::PyOnceLock::new();
+        let kwnames = match names.len() {
+            1 => LOOP_ONLY.get_or_try_init(py, || PyTuple::new(py, &names).map(Bound::unbind))?.bind(py).clone(),
+            _ => PyTuple::new(py, names)?,
+        };
+        let task_type = stdlib::task_type(py)?;
+        // SAFETY: GIL held; `values` are live borrowed references (one positional,
+        // then one per name in `kwnames`) for the duration of the call.
+        let task = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyObject_Vectorcall(task_type.as_ptr(), values.as_ptr(), 1, kwnames.as_ptr()),
+            )?
+        };
+        this.task_created(py, &task, Some(coro), context)?;
         Ok(task)
     }
 
@@ -862,39 +950,7 @@ impl LoopCore {
     /// `create_task` was given (the task runs in it), if any.
     #[pyo3(signature = (task, context = None))]
     fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>, context: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let weak = pyo3::types::PyWeakrefReference::new(task)?.into_any().unbind();
-        let code = task
-            .call_method0(pyo3::intern!(py, "get_coro"))
-            .ok()
-            .and_then(|c| c.getattr(pyo3::intern!(py, "cr_code")).or_else(|_| c.getattr(pyo3::intern!(py, "gi_code"))).ok())
-            .map(Bound::unbind);
-        let created_unix_ms = unix_ms();
-        let app_span = if crate::otel::capturing() {
-            crate::otel::current_span(py, context.filter(|c| !c.is_none())).map(Box::new)
-        } else {
-            None
-        };
-        let gone = self.state.with(py, |s| {
-            let entry = TaskEntry {
-                id: s.tasks.next_id(),
-                weak,
-                code,
-                parent: s.current_task,
-                created_unix_ms,
-                finished_unix_ms: None,
-                state: TaskState::Pending,
-                exception_type: None,
-                name: None,
-                steps: 0,
-                busy_ns: 0,
-                longest_step_ns: 0,
-                last_delay_ns: 0,
-                app_span,
-            };
-            s.tasks.insert(task.as_ptr() as usize, entry, py)
-        });
-        drop(gone);
-        Ok(())
+        self.task_created(py, task, None, context)
     }
 
     /// Adds a server made by `create_server`/`create_unix_server` to the server table.
@@ -1301,5 +1357,118 @@ impl LoopCore {
             }
             None => Ok(false),
         }
+    }
+}
+
+// The scheduling methods, as vectorcall methods (see fastcall.rs): they run once
+// per callback. Each sorts its arguments and calls the `LoopCore` method above.
+
+static SCHEDULING_METHODS: [fastcall::MethodDef; 4] = [
+    fastcall::MethodDef::new(
+        c"call_soon",
+        call_soon_vectorcall,
+        c"call_soon($self, callback, *args, context=None)\n--\n\nSchedules `callback(*args)` for the next iteration, in `context` (default: a copy of the current one).",
+    ),
+    fastcall::MethodDef::new(
+        c"call_soon_threadsafe",
+        call_soon_threadsafe_vectorcall,
+        c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike `call_soon`, from any thread: wakes the loop if it is waiting.",
+    ),
+    fastcall::MethodDef::new(
+        c"call_later",
+        call_later_vectorcall,
+        c"call_later($self, delay, callback, *args, context=None)\n--\n\nSchedules `callback(*args)` to run `delay` seconds from now.",
+    ),
+    fastcall::MethodDef::new(
+        c"call_at",
+        call_at_vectorcall,
+        c"call_at($self, when, callback, *args, context=None)\n--\n\nSchedules `callback(*args)` at `when`, an absolute time on `loop.time()`'s clock.",
+    ),
+];
+
+/// Puts the scheduling methods on `LoopCore` (at module import).
+pub(crate) fn install_scheduling_methods(py: Python<'_>) -> PyResult<()> {
+    fastcall::install(&py.get_type::<LoopCore>(), &SCHEDULING_METHODS)
+}
+
+/// The `LoopCore` a method was called on.
+///
+/// # Safety
+/// `slf` must be the self of a method descriptor of `LoopCore`, which CPython has
+/// checked is an instance of it.
+unsafe fn loop_core<'a, 'py>(py: Python<'py>, slf: *mut pyo3::ffi::PyObject) -> Borrowed<'a, 'py, LoopCore> {
+    unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>() }
+}
+
+unsafe extern "C" fn call_soon_vectorcall(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: CPython calls this as LoopCore.call_soon (see install_scheduling_methods).
+    unsafe {
+        fastcall::entry(|py| {
+            let call = fastcall::parse(py, "LoopCore.call_soon", &["callback"], args, nargs, kwnames)?;
+            let this = loop_core(py, slf);
+            Ok(this.get().call_soon(py, call.named[0], call.rest, call.context)?.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn call_soon_threadsafe_vectorcall(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: as call_soon_vectorcall.
+    unsafe {
+        fastcall::entry(|py| {
+            let call = fastcall::parse(py, "LoopCore.call_soon_threadsafe", &["callback"], args, nargs, kwnames)?;
+            let this = loop_core(py, slf);
+            Ok(this.get().call_soon_threadsafe(py, call.named[0], call.rest, call.context)?.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn call_later_vectorcall(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: as call_soon_vectorcall.
+    unsafe {
+        fastcall::entry(|py| {
+            let call = fastcall::parse(py, "LoopCore.call_later", &["delay", "callback"], args, nargs, kwnames)?;
+            if call.named[0].is_none() {
+                return Err(pyo3::exceptions::PyTypeError::new_err("delay must not be None"));
+            }
+            let delay = fastcall::float_arg(call.named[0], "delay")?;
+            let this = loop_core(py, slf);
+            let when = this.get().time() + delay;
+            Ok(this.get().call_at(py, when, call.named[1], call.rest, call.context)?.into_ptr())
+        })
+    }
+}
+
+unsafe extern "C" fn call_at_vectorcall(
+    slf: *mut pyo3::ffi::PyObject,
+    args: *const *mut pyo3::ffi::PyObject,
+    nargs: pyo3::ffi::Py_ssize_t,
+    kwnames: *mut pyo3::ffi::PyObject,
+) -> *mut pyo3::ffi::PyObject {
+    // SAFETY: as call_soon_vectorcall.
+    unsafe {
+        fastcall::entry(|py| {
+            let call = fastcall::parse(py, "LoopCore.call_at", &["when", "callback"], args, nargs, kwnames)?;
+            if call.named[0].is_none() {
+                return Err(pyo3::exceptions::PyTypeError::new_err("when cannot be None"));
+            }
+            let when = fastcall::float_arg(call.named[0], "when")?;
+            let this = loop_core(py, slf);
+            Ok(this.get().call_at(py, when, call.named[1], call.rest, call.context)?.into_ptr())
+        })
     }
 }

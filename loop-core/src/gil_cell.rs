@@ -30,6 +30,11 @@ impl<T> GilCell<T> {
         self.0.try_borrow().ok().map(|v| f(&v))
     }
 
+    /// The value, when its owner is being dropped.
+    pub fn into_inner(self) -> T {
+        self.0.into_inner()
+    }
+
     #[inline]
     pub fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> R {
         f(&mut self.0.borrow_mut())

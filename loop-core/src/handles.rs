@@ -60,9 +60,107 @@ pub fn with_context<R>(py: Python<'_>, ctx: &Py<PyAny>, f: impl FnOnce() -> PyRe
     result
 }
 
+/// A callback's arguments. Most callbacks take none or one (a future's done
+/// callback, a task's wakeup, `call_soon(step, i)`): those are kept inline, so
+/// scheduling them allocates no tuple (one object less to create, free and scan
+/// in every garbage collection while the handle waits).
+pub enum Args {
+    Zero,
+    One(Py<PyAny>),
+    Many(Py<PyTuple>),
+}
+
+impl Args {
+    pub fn from_tuple(args: Bound<'_, PyTuple>) -> Args {
+        match args.len() {
+            0 => Args::Zero,
+            // SAFETY: index 0 exists; get_borrowed_item_unchecked does no bounds check.
+            1 => Args::One(unsafe { args.get_borrowed_item_unchecked(0) }.to_owned().unbind()),
+            _ => Args::Many(args.unbind()),
+        }
+    }
+
+    /// From the arguments of a vectorcall (borrowed references).
+    pub fn from_slice(py: Python<'_>, args: &[*mut ffi::PyObject]) -> PyResult<Args> {
+        // SAFETY: the caller passes live objects (a vectorcall's arguments), GIL held.
+        unsafe {
+            match args {
+                [] => Ok(Args::Zero),
+                [one] => Ok(Args::One(Bound::from_borrowed_ptr(py, *one).unbind())),
+                many => {
+                    let tuple = Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(many.len() as ffi::Py_ssize_t))?;
+                    for (i, item) in many.iter().enumerate() {
+                        ffi::Py_INCREF(*item);
+                        // PyTuple_SET_ITEM steals the reference just taken.
+                        ffi::PyTuple_SET_ITEM(tuple.as_ptr(), i as ffi::Py_ssize_t, *item);
+                    }
+                    Ok(Args::Many(tuple.cast_into_unchecked::<PyTuple>().unbind()))
+                }
+            }
+        }
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> Args {
+        match self {
+            Args::Zero => Args::Zero,
+            Args::One(a) => Args::One(a.clone_ref(py)),
+            Args::Many(t) => Args::Many(t.clone_ref(py)),
+        }
+    }
+
+    /// As the tuple asyncio's `Handle._args` holds.
+    pub fn to_tuple<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        match self {
+            Args::Zero => PyTuple::empty(py),
+            Args::One(a) => PyTuple::new(py, [a.bind(py)]).expect("a one-item tuple"),
+            Args::Many(t) => t.bind(py).clone(),
+        }
+    }
+
+    /// `func(*args)`, by vectorcall.
+    #[inline]
+    pub fn call_with<'py>(&self, func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = func.py();
+        let f = func.as_ptr();
+        // SAFETY: GIL held; `func` and the arguments are live for the call. The
+        // one-argument buffer reserves slot 0 so the callee may use it
+        // (PY_VECTORCALL_ARGUMENTS_OFFSET), as CPython's own calls do.
+        unsafe {
+            let result = match self {
+                Args::Zero => ffi::PyObject_Vectorcall(f, std::ptr::null(), 0, std::ptr::null_mut()),
+                Args::One(a) => {
+                    let mut buf = [std::ptr::null_mut(), a.as_ptr()];
+                    ffi::PyObject_Vectorcall(f, buf.as_mut_ptr().add(1), 1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET, std::ptr::null_mut())
+                }
+                Args::Many(t) => ffi::PyObject_Call(f, t.as_ptr(), std::ptr::null_mut()),
+            };
+            Bound::from_owned_ptr_or_err(py, result)
+        }
+    }
+
+    /// Drops the arguments by plain decref (dropping a `Py` first asks PyO3
+    /// whether the thread is attached, a thread-local read).
+    #[inline]
+    pub fn release(self, py: Python<'_>) {
+        match self {
+            Args::Zero => {}
+            Args::One(a) => drop(a.into_bound(py)),
+            Args::Many(t) => drop(t.into_bound(py)),
+        }
+    }
+
+    fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        match self {
+            Args::Zero => Ok(()),
+            Args::One(a) => visit.call(a),
+            Args::Many(t) => visit.call(t),
+        }
+    }
+}
+
 struct Callback {
     func: Py<PyAny>,
-    args: Py<PyTuple>,
+    args: Args,
 }
 
 /// A callback scheduled with `call_soon` (and the base of `TimerHandle`).
@@ -84,6 +182,16 @@ impl Handle {
         context: Option<Bound<'_, PyAny>>,
         debug: bool,
     ) -> PyResult<Self> {
+        Self::with_args(py, func, Args::from_tuple(args), context, debug)
+    }
+
+    pub fn with_args(
+        py: Python<'_>,
+        func: Bound<'_, PyAny>,
+        args: Args,
+        context: Option<Bound<'_, PyAny>>,
+        debug: bool,
+    ) -> PyResult<Self> {
         let context = match context {
             Some(ctx) if !ctx.is_none() => ctx.unbind(),
             _ => copy_current_context(py)?,
@@ -94,7 +202,7 @@ impl Handle {
             None
         };
         Ok(Handle {
-            callback: GilCell::new(Some(Callback { func: func.unbind(), args: args.unbind() })),
+            callback: GilCell::new(Some(Callback { func: func.unbind(), args })),
             context,
             cancelled: AtomicBool::new(false),
             source_traceback,
@@ -122,14 +230,14 @@ impl Handle {
 
     /// The callback and its arguments (None once cancelled).
     #[inline]
-    pub fn callback_parts(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
-        self.callback.with(py, |cb| cb.as_ref().map(|cb| (cb.func.clone_ref(py), cb.args.clone_ref(py))))
+    pub fn callback_parts<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Args)> {
+        self.callback.with(py, |cb| cb.as_ref().map(|cb| (cb.func.bind(py).clone(), cb.args.clone_ref(py))))
     }
 
     /// Calls `func(*args)` (this handle's callback) in the handle's context.
     /// The error, if any, is the callback's.
     #[inline]
-    pub fn call_in_context(&self, py: Python<'_>, func: &Bound<'_, PyAny>, args: &Py<PyTuple>) -> PyResult<()> {
+    pub fn call_in_context(&self, py: Python<'_>, func: &Bound<'_, PyAny>, args: &Args) -> PyResult<()> {
         let ctx = self.context.as_ptr();
         // SAFETY: GIL held; `ctx` is kept alive by `self`. Enter fails (TypeError or
         // RuntimeError "already entered") without side effects, and is then reported
@@ -137,7 +245,7 @@ impl Handle {
         if unsafe { PyContext_Enter(ctx) } != 0 {
             return Err(PyErr::fetch(py));
         }
-        let result = func.call1(args.bind(py)).map(drop);
+        let result = args.call_with(func).map(drop);
         // SAFETY: we entered `ctx` on this thread just above.
         if unsafe { PyContext_Exit(ctx) } != 0 {
             return Err(PyErr::fetch(py));
@@ -147,13 +255,10 @@ impl Handle {
 
     /// The callback as a string, as asyncio formats it in reprs and error messages.
     pub fn callback_source(&self, py: Python<'_>) -> PyResult<Option<String>> {
-        let cb = self
-            .callback
-            .with(py, |cb| cb.as_ref().map(|cb| (cb.func.clone_ref(py), cb.args.clone_ref(py))));
-        match cb {
+        match self.callback_parts(py) {
             None => Ok(None),
             Some((func, args)) => {
-                let s = stdlib::format_callback_source(py)?.call1((func, args))?;
+                let s = stdlib::format_callback_source(py)?.call1((func, args.to_tuple(py)))?;
                 Ok(Some(s.extract()?))
             }
         }
@@ -189,7 +294,7 @@ impl Handle {
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         self.callback
             .try_peek(|cb| match cb {
-                Some(cb) => visit.call(&cb.func).and_then(|_| visit.call(&cb.args)),
+                Some(cb) => visit.call(&cb.func).and_then(|_| cb.args.traverse(&visit)),
                 None => Ok(()),
             })
             .unwrap_or(Ok(()))?;
@@ -222,8 +327,9 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.callback.with(py, |cb| cb.as_ref().map(|cb| cb.args.clone_ref(py)))
+    fn _args<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyTuple>> {
+        let args = self.callback.with(py, |cb| cb.as_ref().map(|cb| cb.args.clone_ref(py)))?;
+        Some(args.to_tuple(py))
     }
 
     #[getter]
@@ -346,8 +452,8 @@ fn same_timer(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
     }
     let cb_a = Handle::_callback(ha.get(), a.py());
     let cb_b = Handle::_callback(hb.get(), a.py());
-    let args_a = Handle::_args(ha.get(), a.py());
-    let args_b = Handle::_args(hb.get(), a.py());
+    let args_a = Handle::_args(ha.get(), a.py()).map(Bound::unbind);
+    let args_b = Handle::_args(hb.get(), a.py()).map(Bound::unbind);
     let eq = |x: Option<Bound<'_, PyAny>>, y: Option<Bound<'_, PyAny>>| -> PyResult<bool> {
         match (x, y) {
             (None, None) => Ok(true),
@@ -358,6 +464,136 @@ fn same_timer(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
     let py = a.py();
     Ok(eq(cb_a.map(|c| c.into_bound(py)), cb_b.map(|c| c.into_bound(py)))?
         && eq(args_a.map(|c| c.into_bound(py).into_any()), args_b.map(|c| c.into_bound(py).into_any()))?)
+}
+
+/// The garbage collector's visit of a `Handle` or `TimerHandle` (installed by
+/// [`install_traverse`]). Every collection of a handle's generation visits it,
+/// and PyO3's generic wrapper (a panic trap, thread-local guards, a walk up the
+/// type chain for a base traverse) costs several times the four visits; this
+/// does only the visits. `TimerHandle` adds no Python references.
+unsafe extern "C" fn traverse(obj: *mut ffi::PyObject, visit: ffi::visitproc, arg: *mut std::os::raw::c_void) -> c_int {
+    // SAFETY: the collector runs with the GIL held and passes a live instance of
+    // one of the two types (or a Python subclass, laid out as its base). Nothing
+    // here calls into Python; the token only locates the Rust struct.
+    let bound = unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), obj).cast_unchecked::<Handle>() };
+    let handle: &Handle = bound.get();
+    let visit_one = |object: *mut ffi::PyObject| -> c_int {
+        // SAFETY: `object` is a live reference held by the handle.
+        if object.is_null() { 0 } else { unsafe { visit(object, arg) } }
+    };
+    let callback = handle.callback.try_peek(|cb| match cb {
+        Some(cb) => {
+            let args = match &cb.args {
+                Args::Zero => std::ptr::null_mut(),
+                Args::One(a) => a.as_ptr(),
+                Args::Many(t) => t.as_ptr(),
+            };
+            match visit_one(cb.func.as_ptr()) {
+                0 => visit_one(args),
+                stop => stop,
+            }
+        }
+        None => 0,
+    });
+    match callback.unwrap_or(0) {
+        0 => {}
+        stop => return stop,
+    }
+    match visit_one(handle.context.as_ptr()) {
+        0 => visit_one(handle.source_traceback.as_ref().map_or(std::ptr::null_mut(), |tb| tb.as_ptr())),
+        stop => stop,
+    }
+}
+
+/// Freed `Handle` objects kept for reuse: `call_soon` makes one per callback and
+/// the loop frees it right after running it, so the same few blocks of memory
+/// serve a whole callback chain without malloc, free and zeroing.
+struct FreeList {
+    objects: std::cell::UnsafeCell<Vec<*mut ffi::PyObject>>,
+}
+
+/// Up to this many freed handles are kept (a few tens of KiB).
+const FREE_LIST_LEN: usize = 256;
+
+// SAFETY: only `alloc` and `dealloc` touch it, which CPython calls with the GIL
+// held (the module is GIL-bound), and neither calls into Python while using it.
+unsafe impl Sync for FreeList {}
+
+static FREE_HANDLES: FreeList = FreeList { objects: std::cell::UnsafeCell::new(Vec::new()) };
+static HANDLE_TYPE: std::sync::atomic::AtomicPtr<ffi::PyTypeObject> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// `tp_alloc` of `Handle`: a freed handle's memory when there is one, as
+/// `PyType_GenericAlloc` would hand it out (zeroed, typed, referenced once,
+/// tracked by the collector).
+unsafe extern "C" fn alloc(ty: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) -> *mut ffi::PyObject {
+    // SAFETY: GIL held (CPython calls tp_alloc with it); see FreeList.
+    unsafe {
+        if nitems == 0 && ty == HANDLE_TYPE.load(Ordering::Relaxed) {
+            if let Some(obj) = (*FREE_HANDLES.objects.get()).pop() {
+                let header = std::mem::size_of::<ffi::PyObject>();
+                std::ptr::write_bytes(obj.cast::<u8>().add(header), 0, (*ty).tp_basicsize as usize - header);
+                ffi::PyObject_Init(obj, ty);
+                ffi::PyObject_GC_Track(obj.cast());
+                return obj;
+            }
+        }
+        ffi::PyType_GenericAlloc(ty, nitems)
+    }
+}
+
+/// `tp_dealloc` of `Handle` (and of Python subclasses, through their
+/// `subtype_dealloc`): drops the Rust value, then keeps the memory of an exact
+/// `Handle` for [`alloc`] or frees it.
+unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_dealloc with the GIL held, once, when no reference
+    // remains. The value's address is found through PyO3 (`get`), then dropped
+    // through a pointer derived from `obj` itself. Dropping it decrefs Python
+    // objects, whose finalizers may run Python: the free list is not in use then.
+    unsafe {
+        ffi::PyObject_GC_UnTrack(obj.cast());
+        let ty = ffi::Py_TYPE(obj);
+        let offset = {
+            let bound = pyo3::Borrowed::from_ptr(Python::assume_attached(), obj).cast_unchecked::<Handle>();
+            let handle: &Handle = bound.get();
+            (handle as *const Handle).cast::<u8>().offset_from(obj.cast::<u8>())
+        };
+        // Moved out, then dropped by plain decrefs (see Args::release).
+        let py = Python::assume_attached();
+        let Handle { callback, context, cancelled: _, source_traceback } =
+            std::ptr::read(obj.cast::<u8>().offset(offset).cast::<Handle>());
+        if let Some(Callback { func, args }) = callback.into_inner() {
+            drop(func.into_bound(py));
+            args.release(py);
+        }
+        drop(context.into_bound(py));
+        drop(source_traceback.map(|tb| tb.into_bound(py)));
+        let free_list = &mut *FREE_HANDLES.objects.get();
+        if ty == HANDLE_TYPE.load(Ordering::Relaxed) && free_list.len() < FREE_LIST_LEN {
+            free_list.push(obj);
+        } else if let Some(free) = (*ty).tp_free {
+            free(obj.cast());
+        }
+        // Instances of heap types hold a reference to their type (PyObject_Init took it).
+        ffi::Py_DECREF(ty.cast());
+    }
+}
+
+/// Replaces PyO3's slots where handles are made, freed and collected once per
+/// callback: `tp_traverse` of both types ([`traverse`]), `tp_alloc` and
+/// `tp_dealloc` of `Handle` ([`alloc`], [`dealloc`]). `TimerHandle` keeps PyO3's
+/// allocation (timers live long; few would be reused).
+pub fn install_slots(py: Python<'_>) {
+    use pyo3::PyTypeInfo;
+    let handle = Handle::type_object_raw(py);
+    HANDLE_TYPE.store(handle, Ordering::Relaxed);
+    // SAFETY: our own heap types, created just before at module import with no
+    // instance yet; CPython reads these slots on every use.
+    unsafe {
+        (*handle).tp_traverse = Some(traverse);
+        (*handle).tp_alloc = Some(alloc);
+        (*handle).tp_dealloc = Some(dealloc);
+        (*TimerHandle::type_object_raw(py)).tp_traverse = Some(traverse);
+    }
 }
 
 /// Rejects what asyncio rejects before scheduling a callback: coroutines and

@@ -2,6 +2,7 @@
 
 mod clock;
 mod event_loop;
+mod fastcall;
 mod gil_cell;
 mod handles;
 mod inspect;
@@ -25,6 +26,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    event_loop::install_scheduling_methods(m.py())?;
+    handles::install_slots(m.py());
     m.add_class::<transports::StreamTransport>()?;
     m.add_class::<transports::DatagramTransport>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -312,7 +312,15 @@ impl Watchers {
     }
 
     /// Re-arms the fds that fired, so a still-ready fd is reported again (level-triggered).
+    /// Every iteration asks; most have nothing to rearm.
+    #[inline]
     pub fn rearm(&mut self, registry: &Registry) {
+        if !self.fired.is_empty() || !self.idle_fired.is_empty() {
+            self.rearm_fired(registry);
+        }
+    }
+
+    fn rearm_fired(&mut self, registry: &Registry) {
         for fd in self.idle_fired.drain(..) {
             if self.fds.get(&fd).is_some_and(|w| w.is_idle()) {
                 // A socket kept registered that nobody awaits now: let it go, so it

@@ -50,6 +50,10 @@ pub struct Sites {
     index: HashMap<usize, u32>,
     sites: Vec<Site>,
     other: SiteStats,
+    /// The last site found, as (address, slot): callbacks come in runs of one site
+    /// (a callback chain, a burst, one task's steps), so most lookups skip the hash.
+    /// Slots are never reused, so the pair stays true.
+    last: std::cell::Cell<Option<(usize, u32)>>,
 }
 
 /// Where the loop's site table is full: runs are summed under "other".
@@ -73,7 +77,14 @@ impl Sites {
     /// The slot of a site already in the table: one hash lookup, no object needed.
     #[inline]
     pub fn slot(&self, addr: usize) -> Option<u32> {
-        self.index.get(&addr).copied()
+        match self.last.get() {
+            Some((last, slot)) if last == addr => Some(slot),
+            _ => {
+                let slot = *self.index.get(&addr)?;
+                self.last.set(Some((addr, slot)));
+                Some(slot)
+            }
+        }
     }
 
     /// Adds a site seen for the first time and returns its slot ([`OTHER`] when the
@@ -152,6 +163,15 @@ impl SiteOwner {
 /// Finds the site of a callable: `(address, owner)`. Bound methods and
 /// `functools.partial` are unwrapped to the function they call.
 pub fn site_of<'py>(callable: &Bound<'py, PyAny>) -> (usize, Option<Bound<'py, PyAny>>) {
+    let ptr = callable.as_ptr();
+    // SAFETY: a type check and a borrowed-field read on a live object, GIL held.
+    unsafe {
+        if ffi::PyFunction_Check(ptr) != 0 {
+            // The commonest callback: no clone, no unwrapping.
+            let code = ffi::PyFunction_GetCode(ptr);
+            return (code as usize, Some(Bound::from_borrowed_ptr(callable.py(), code)));
+        }
+    }
     let mut obj = callable.clone();
     for _ in 0..4 {
         let ptr = obj.as_ptr();

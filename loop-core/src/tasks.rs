@@ -64,6 +64,11 @@ impl Tasks {
         self.next_id
     }
 
+    #[inline]
+    pub fn get(&self, task: usize) -> Option<&TaskEntry> {
+        self.live.get(&task)
+    }
+
     pub fn id_of(&self, task: usize) -> Option<u64> {
         self.live.get(&task).map(|e| e.id)
     }
@@ -157,13 +162,91 @@ pub fn step_owner(func: &Bound<'_, PyAny>) -> Option<usize> {
     let ptr = func.as_ptr();
     // SAFETY: type checks and a borrowed field read on a live object, GIL held.
     unsafe {
-        if is_task_step_wrapper(ptr) {
-            // Read `__self__` (a C getter) rather than rely on the wrapper's struct layout.
-            func.getattr(pyo3::intern!(func.py(), "__self__")).ok().map(|t| t.as_ptr() as usize)
+        if ffi::PyFunction_Check(ptr) != 0 {
+            None // the commonest callback, and never a step
+        } else if is_task_step_wrapper(ptr) {
+            step_wrapper_task(func)
         } else if ffi::PyCFunction_Check(ptr) != 0 {
             Some(ffi::PyCFunction_GetSelf(ptr) as usize)
         } else {
             None
         }
     }
+}
+
+/// CPython's `TaskStepMethWrapper` (3.11 to 3.13): the object header, then the task.
+#[repr(C)]
+struct StepWrapper {
+    ob_base: ffi::PyObject,
+    task: *mut ffi::PyObject,
+}
+
+/// The task of a step wrapper. The struct is private to CPython, so its layout is
+/// trusted only after the first wrapper's field matched its `__self__`; until
+/// then, and if it ever differs, `__self__` (a C getter) is read.
+fn step_wrapper_task(func: &Bound<'_, PyAny>) -> Option<usize> {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const UNKNOWN: u8 = 0;
+    const MATCHES: u8 = 1;
+    const DIFFERS: u8 = 2;
+    static LAYOUT: AtomicU8 = AtomicU8::new(UNKNOWN);
+    // SAFETY: the caller checked `func` is a TaskStepMethWrapper, whose struct starts
+    // with this layout (trusted only once verified below); reading a pointer field is harmless.
+    let field = unsafe { (*(func.as_ptr() as *const StepWrapper)).task } as usize;
+    let layout = LAYOUT.load(Ordering::Relaxed);
+    if layout == MATCHES {
+        return Some(field);
+    }
+    let attr = func.getattr(pyo3::intern!(func.py(), "__self__")).ok().map(|t| t.as_ptr() as usize);
+    if layout == UNKNOWN {
+        LAYOUT.store(if attr == Some(field) { MATCHES } else { DIFFERS }, Ordering::Relaxed);
+    }
+    attr
+}
+
+type CachedMethod = pyo3::sync::PyOnceLock<Option<(usize, Py<PyAny>)>>;
+
+/// `task.<name>()`. For asyncio's own (C) Task, by the type's method descriptor,
+/// found once: no attribute lookup on the instance per call.
+fn task_method0<'py>(task: &Bound<'py, PyAny>, cell: &'static CachedMethod, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
+    let py = task.py();
+    let method = cell.get_or_init(py, || {
+        let ty = crate::stdlib::task_type(py).ok()?;
+        Some((ty.as_ptr() as usize, ty.getattr(name).ok()?.unbind()))
+    });
+    match method {
+        // SAFETY: GIL held; `task` is an instance of exactly the type the descriptor belongs to.
+        Some((ty, method)) if task.get_type().as_ptr() as usize == *ty => unsafe {
+            let args = [task.as_ptr()];
+            Bound::from_owned_ptr_or_err(py, ffi::PyObject_Vectorcall(method.as_ptr(), args.as_ptr(), 1, std::ptr::null_mut()))
+        },
+        _ => task.call_method0(pyo3::types::PyString::intern(py, name)),
+    }
+}
+
+fn is_true(result: PyResult<Bound<'_, PyAny>>) -> bool {
+    match result {
+        // SAFETY: comparing with the True singleton's address, GIL held.
+        Ok(value) if value.as_ptr() == unsafe { ffi::Py_True() } => true,
+        Ok(value) => value.is_truthy().unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// `task.done()` (false if it raises).
+pub fn is_done(task: &Bound<'_, PyAny>) -> bool {
+    static DONE: CachedMethod = CachedMethod::new();
+    is_true(task_method0(task, &DONE, "done"))
+}
+
+/// `task.cancelled()` (false if it raises).
+pub fn is_cancelled(task: &Bound<'_, PyAny>) -> bool {
+    static CANCELLED: CachedMethod = CachedMethod::new();
+    is_true(task_method0(task, &CANCELLED, "cancelled"))
+}
+
+/// `task.get_name()` as a string.
+pub fn name_of(task: &Bound<'_, PyAny>) -> Option<String> {
+    static GET_NAME: CachedMethod = CachedMethod::new();
+    task_method0(task, &GET_NAME, "get_name").and_then(|n| n.extract::<String>()).ok()
 }

@@ -18,9 +18,36 @@ const MIN_CANCELLED_FOR_COMPACTION: usize = 100;
 const CANCELLED_FRACTION_FOR_COMPACTION: f64 = 0.5;
 
 struct Entry {
-    when: f64,
+    /// `when`, as an integer in `f64::total_cmp` order ([`order_key`]): the heap
+    /// compares these at every level of every push and pop.
+    key: u64,
     seq: u64,
     handle: Py<TimerHandle>,
+}
+
+/// Maps a float to an integer with the same total order (negative floats below
+/// positive ones, each ordered by magnitude the right way).
+#[inline]
+fn order_key(when: f64) -> u64 {
+    let bits = when.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
+    }
+}
+
+/// The inverse of [`order_key`].
+#[inline]
+fn key_when(key: u64) -> f64 {
+    f64::from_bits(if key >> 63 == 1 { key & !(1 << 63) } else { !key })
+}
+
+impl Entry {
+    #[inline]
+    fn when(&self) -> f64 {
+        key_when(self.key)
+    }
 }
 
 impl PartialEq for Entry {
@@ -37,7 +64,7 @@ impl PartialOrd for Entry {
 impl Ord for Entry {
     /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest timer first.
     fn cmp(&self, other: &Self) -> CmpOrdering {
-        other.when.total_cmp(&self.when).then_with(|| other.seq.cmp(&self.seq))
+        (other.key, other.seq).cmp(&(self.key, self.seq))
     }
 }
 
@@ -62,7 +89,7 @@ impl Timers {
     pub fn push(&mut self, when: f64, handle: Py<TimerHandle>) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Entry { when, seq, handle });
+        self.heap.push(Entry { key: order_key(when), seq, handle });
     }
 
     /// Live plus not-yet-dropped cancelled timers.
@@ -81,7 +108,7 @@ impl Timers {
         while let Some(top) = self.heap.peek() {
             let handle = top.handle.bind(py);
             if !handle.as_super().get().is_cancelled() {
-                return Some(top.when);
+                return Some(top.when());
             }
             let entry = self.heap.pop().expect("peeked");
             self.forget_cancelled(py, entry, garbage);
@@ -91,7 +118,21 @@ impl Timers {
 
     /// Moves every timer due at `now` (seconds) to `ready`, in `when` order.
     /// Returns how many were moved, and reports each one's lateness to `on_fire`.
+    #[inline]
     pub fn pop_due(
+        &mut self,
+        py: Python<'_>,
+        now: f64,
+        ready: &mut std::collections::VecDeque<Ready>,
+        garbage: &mut Vec<Py<TimerHandle>>,
+        on_fire: impl FnMut(f64),
+    ) {
+        if !self.heap.is_empty() {
+            self.pop_due_from_heap(py, now, ready, garbage, on_fire);
+        }
+    }
+
+    fn pop_due_from_heap(
         &mut self,
         py: Python<'_>,
         now: f64,
@@ -100,7 +141,7 @@ impl Timers {
         mut on_fire: impl FnMut(f64),
     ) {
         while let Some(top) = self.heap.peek() {
-            if top.when > now {
+            if top.when() > now {
                 break;
             }
             let entry = self.heap.pop().expect("peeked");
@@ -110,8 +151,9 @@ impl Timers {
                 continue;
             }
             handle.get().unschedule();
-            on_fire(now - entry.when);
-            let queued_ns = crate::clock::secs_to_ns_ceil(entry.when);
+            let when = entry.when();
+            on_fire(now - when);
+            let queued_ns = crate::clock::secs_to_ns_ceil(when);
             ready.push_back(Ready::Call { handle: entry.handle.into_bound(py).into_super().unbind(), queued_ns });
         }
     }
@@ -122,13 +164,20 @@ impl Timers {
         garbage.push(entry.handle);
     }
 
-    fn maybe_compact(&mut self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) {
+    /// Drops cancelled timers in bulk once they are the majority.
+    #[inline]
+    pub fn maybe_compact(&mut self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) {
         let cancelled = self.cancelled.load(Ordering::Relaxed);
         if cancelled < MIN_CANCELLED_FOR_COMPACTION
             || (cancelled as f64) <= self.heap.len() as f64 * CANCELLED_FRACTION_FOR_COMPACTION
         {
             return;
         }
+        self.compact(py, garbage);
+    }
+
+    fn compact(&mut self, py: Python<'_>, garbage: &mut Vec<Py<TimerHandle>>) {
+        let cancelled = self.cancelled.load(Ordering::Relaxed);
         let entries = std::mem::take(&mut self.heap).into_vec();
         let mut live = Vec::with_capacity(entries.len() - cancelled.min(entries.len()));
         for entry in entries {
@@ -154,5 +203,21 @@ impl Timers {
             garbage.push(entry.handle);
         }
         self.cancelled.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_key_orders_as_total_cmp_and_round_trips() {
+        let values = [f64::NEG_INFINITY, -1e300, -2.5, -1e-300, -0.0, 0.0, 1e-300, 1.0, 1.0000000000000002, 12345.678, 1e300, f64::INFINITY];
+        for a in values {
+            assert_eq!(key_when(order_key(a)).to_bits(), a.to_bits());
+            for b in values {
+                assert_eq!(order_key(a).cmp(&order_key(b)), a.total_cmp(&b), "{a} vs {b}");
+            }
+        }
     }
 }
