@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from asyncio import unix_events
+from asyncio import events, unix_events
 from asyncio.log import logger
 from typing import Any
 
@@ -57,8 +57,6 @@ def chosen_child_watcher() -> Any:
     creates lazily for anyone who asks, are replaced by glassloop's own. The
     policy's attribute is read directly, since the watcher API warns on 3.12+.
     """
-    from asyncio import events
-
     policy = events._event_loop_policy
     watcher = getattr(policy, "_watcher", None)
     if watcher is None or type(watcher) in _DEFAULT_WATCHERS:
