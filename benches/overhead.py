@@ -244,18 +244,22 @@ def main(argv=None):
 
     chain = {m: [] for m in MODES}
     chain_cpu = {m: [] for m in MODES}
-    echo = {m: {"rps": [], "cpu_us": [], "loadgen": []} for m in MODES}
+    chain_by_rep = {m: {} for m in MODES}
+    echo = {m: {"rps": [], "cpu_us": [], "loadgen": [], "by_rep": {}} for m in MODES}
     failures = []
     loadgen = ceiling = None
     if not args.no_echo:
         loadgen, ceiling = net_compare.binaries(args.target_dir)
     with tempfile.TemporaryDirectory(prefix="overhead.") as tmpdir:
         for rep in range(1, args.reps + 1):
-            for mode in MODES:
+            # A B, then B A: a machine that gets busier or quieter during the run
+            # weighs on both modes alike.
+            for mode in (MODES if rep % 2 else MODES[::-1]):
                 if not args.no_chain:
                     r = chain_once(args.python, mode, args.chain_n)
                     chain[mode].append(r["value"])
                     chain_cpu[mode].append(r["cpu_ns"])
+                    chain_by_rep[mode][rep] = r
                     extra = f"  ({r['stream_events']} stream events)" if "stream_events" in r else ""
                     print(f"[rep {rep}] chain {mode:13} {r['value']:>12,.0f} callbacks/s  "
                           f"cpu {r['cpu_ns']:.0f} ns/callback{extra}", file=sys.stderr, flush=True)
@@ -266,6 +270,7 @@ def main(argv=None):
                         print(f"[rep {rep}] echo  {mode:13} FAILED: {r.get('error')}", file=sys.stderr, flush=True)
                         continue
                     echo[mode]["rps"].append(r["rps"])
+                    echo[mode]["by_rep"][rep] = r
                     if r.get("cpu_us"):
                         echo[mode]["cpu_us"].append(r["cpu_us"])
                     echo[mode]["loadgen"].append(r["loadgen_util"])
@@ -275,26 +280,46 @@ def main(argv=None):
 
     lines = [
         "| workload | unit | inspected + stream client (median, min–max) | record=false (median, min–max) "
-        "| ratio of medians | cost (medians) | cost (best runs) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| ratio of medians | cost (medians) | cost (best runs) | cost (paired: median, quartiles) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def paired(by_rep, key, higher_is_better=True):
+        # Each round measured both modes back to back: the ratio within a round
+        # cancels the machine's load at that moment better than any ratio of
+        # medians taken over the whole run.
+        costs = []
+        for rep, a in by_rep[INSPECTED].items():
+            b = by_rep[OFF].get(rep)
+            if b and a.get(key) and b.get(key):
+                r = a[key] / b[key]
+                costs.append((1 - r) if higher_is_better else (r - 1))
+        if not costs:
+            return " – |"
+        q = statistics.quantiles(costs, n=4) if len(costs) > 1 else [costs[0]] * 3
+        return f" {100 * statistics.median(costs):+.1f}% ({100 * q[0]:+.1f}% – {100 * q[2]:+.1f}%, {len(costs)} pairs) |"
+
     if not args.no_chain:
-        lines.append(row("call_soon_chain", "callbacks/s", chain[INSPECTED], chain[OFF]))
+        lines.append(row("call_soon_chain", "callbacks/s", chain[INSPECTED], chain[OFF])
+                     + paired(chain_by_rep, "value"))
         lines.append(row("call_soon_chain", "process CPU ns/callback", chain_cpu[INSPECTED], chain_cpu[OFF],
-                         higher_is_better=False))
+                         higher_is_better=False) + paired(chain_by_rep, "cpu_ns", higher_is_better=False))
     if not args.no_echo:
         name = f"echo protocol {net_compare.size_name(args.size)} ×{args.conns}"
-        lines.append(row(name, "req/s", echo[INSPECTED]["rps"], echo[OFF]["rps"]))
+        by_rep = {m: echo[m]["by_rep"] for m in MODES}
+        lines.append(row(name, "req/s", echo[INSPECTED]["rps"], echo[OFF]["rps"]) + paired(by_rep, "rps"))
         lines.append(row(name, "server CPU µs/req", echo[INSPECTED]["cpu_us"], echo[OFF]["cpu_us"],
-                         higher_is_better=False))
+                         higher_is_better=False) + paired(by_rep, "cpu_us", higher_is_better=False))
         lg = [f"{m}: {100 * med(echo[m]['loadgen']):.0f}%" for m in MODES if echo[m]["loadgen"]]
         lines.append("")
         lines.append(f"Load generator CPU (median): {', '.join(lg)} — near 100% means it, not the server, "
                      "limited the rate: read the CPU/request row then.")
     lines.append("")
-    lines.append(f"{args.reps} interleaved rounds, a fresh process per measurement; medians. "
+    lines.append(f"{args.reps} interleaved rounds (A B, B A, ...), a fresh process per measurement; medians. "
                  "Cost: 1 − rate ratio, or CPU ratio − 1; \"best runs\" compares each mode's best "
-                 "measurement (the highest rate, the lowest CPU), which other processes disturbed least. CPU is the measured process's user+system "
+                 "measurement (the highest rate, the lowest CPU), which other processes disturbed least; "
+                 "\"paired\" takes the ratio within each round (both modes back to back) and gives the "
+                 "median and quartiles of those. CPU is the measured process's user+system "
                  "time, every thread (the sidecar's included), over the timed part: on a shared machine "
                  "it is the steadier figure, since wall-clock rates also count the time the process "
                  "waited for a CPU.")
