@@ -208,6 +208,31 @@ def run(loop):
 
 
 @pytest.fixture
+def run_collecting(loop):
+    """``run(aw)``: ``loop.run_until_complete(aw)``, then a garbage collection.
+
+    Collecting here, inside the test, runs the finalizers of whatever a
+    failed scenario left behind (e.g. a StreamWriter whose transport is None)
+    before pytest formats the failure: on CPython 3.11.7 a finalizer whose
+    exception pytest formats (traceback -> ast.parse) in the middle of
+    pytest's own ast.parse of the failure report raises "SystemError: AST
+    constructor recursion depth mismatch" and aborts the whole session.
+    Modules whose scenarios leave transports behind on failure (TLS, pipes,
+    subprocesses, signals) make it their ``run``.
+    """
+    if loop is None:
+        return None
+
+    def _run(aw):
+        try:
+            return loop.run_until_complete(aw)
+        finally:
+            gc.collect()
+
+    return _run
+
+
+@pytest.fixture
 def glassloop():
     """The glassloop module; the test fails (never skips) if it cannot be
     imported."""

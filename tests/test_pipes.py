@@ -2,7 +2,6 @@
 socketpairs; the pipe transports' API; EOF; bytes integrity."""
 
 import asyncio
-import gc
 import hashlib
 import os
 import pty
@@ -19,20 +18,9 @@ from loopsupport import exc_signature, run_on_asyncio
 
 
 @pytest.fixture
-def run(loop):
-    """run_until_complete, then collect garbage inside the test (see
-    test_tls.run: keeps a failing scenario's finalizers out of pytest's
-    report formatting)."""
-    if loop is None:
-        return None
-
-    def _run(aw):
-        try:
-            return loop.run_until_complete(aw)
-        finally:
-            gc.collect()
-
-    return _run
+def run(run_collecting):
+    """run_until_complete, then a garbage collection (conftest.run_collecting)."""
+    return run_collecting
 
 
 def payload(n, seed=b"pipes"):

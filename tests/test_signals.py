@@ -2,7 +2,6 @@
 signal storms, Ctrl-C with asyncio.Runner, cleanup on loop.close()."""
 
 import asyncio
-import gc
 import os
 import signal
 import subprocess
@@ -17,19 +16,9 @@ from loopsupport import RecordingHandler, run_on_asyncio, run_one_iteration
 
 
 @pytest.fixture
-def run(loop):
-    """run_until_complete, then collect garbage inside the test (see
-    test_tls.run)."""
-    if loop is None:
-        return None
-
-    def _run(aw):
-        try:
-            return loop.run_until_complete(aw)
-        finally:
-            gc.collect()
-
-    return _run
+def run(run_collecting):
+    """run_until_complete, then a garbage collection (conftest.run_collecting)."""
+    return run_collecting
 
 
 @pytest.fixture(autouse=True)

@@ -25,19 +25,9 @@ PY = (sys.executable, "-S", "-c")
 
 
 @pytest.fixture
-def run(loop):
-    """run_until_complete, then collect garbage inside the test (see
-    test_tls.run)."""
-    if loop is None:
-        return None
-
-    def _run(aw):
-        try:
-            return loop.run_until_complete(aw)
-        finally:
-            gc.collect()
-
-    return _run
+def run(run_collecting):
+    """run_until_complete, then a garbage collection (conftest.run_collecting)."""
+    return run_collecting
 
 
 class RecordingSubprocessProtocol(asyncio.SubprocessProtocol):

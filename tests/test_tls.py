@@ -8,7 +8,6 @@ signed by it, and an unrelated CA that the server's chain does not lead to.
 
 import asyncio
 import datetime
-import gc
 import hashlib
 import os
 import shutil
@@ -141,26 +140,9 @@ def client_ctx(certs, ca=None, client_cert=False):
 # ---------------------------------------------------------------------------
 
 @pytest.fixture
-def run(loop):
-    """``run(aw)``: ``loop.run_until_complete(aw)``, then a garbage collection.
-
-    Collecting here, inside the test, runs the finalizers of whatever a
-    failed scenario left behind (e.g. a StreamWriter whose transport is None)
-    before pytest formats the failure: on CPython 3.11.7 a finalizer whose
-    exception pytest formats (traceback -> ast.parse) in the middle of
-    pytest's own ast.parse of the failure report raises "SystemError: AST
-    constructor recursion depth mismatch" and aborts the whole session.
-    """
-    if loop is None:
-        return None
-
-    def _run(aw):
-        try:
-            return loop.run_until_complete(aw)
-        finally:
-            gc.collect()
-
-    return _run
+def run(run_collecting):
+    """run_until_complete, then a garbage collection (conftest.run_collecting)."""
+    return run_collecting
 
 
 def payload(n, seed=b"glassloop"):
