@@ -570,13 +570,29 @@ def test_child_stops_reading_stdin(loop, run):
     assert got == run_on_asyncio(scenario)
 
 
+RESET_AND_SLEEP = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(30)\n"
+)
+
+
 def test_transport_kill_terminate_send_signal(loop, run):
     async def main():
         out = {}
         for how in ("kill", "terminate", "send_signal"):
             proto = RecordingSubprocessProtocol(loop)
-            tr, _ = await loop.subprocess_exec(lambda: proto, "sleep", "30", stdin=DEVNULL)
+            # The child puts SIGHUP and SIGTERM back to their default action first:
+            # a test run under nohup (or any parent ignoring them) would otherwise
+            # hand it SIG_IGN, and the signal would never end it.
+            tr, _ = await loop.subprocess_exec(lambda: proto, sys.executable, "-c", RESET_AND_SLEEP, stdin=DEVNULL)
             await proto.made
+            async def ready():
+                while b"ready" not in proto.data[1]:
+                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(ready(), 30)
             if how == "send_signal":
                 tr.send_signal(signal.SIGHUP)
             else:
