@@ -41,6 +41,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod api;
+pub mod cells;
 pub mod clock;
 mod config;
 mod dashboard;

@@ -1,11 +1,10 @@
 //! Per-loop recording: what the loop thread measures about itself.
 //!
 //! Bounds: `callback_duration`, `timer_lateness` and `eventloop_delay` cover 1 ns .. 1 hour with 3
-//! significant digits (~270 KiB each); the per-interval histograms use 2 digits
-//! (~36 KiB each, see [`interval_histogram`]); counters are plain `u64`. Taking
-//! samples adds the non-empty cells of the 3-digit histograms at the last cut (16
-//! bytes per cell, at most one per distinct recorded value). Nothing here grows with
-//! the number of callbacks run.
+//! significant digits (~270 KiB of counters each, see [`Cells`]); the per-interval
+//! histograms use 2 digits (~36 KiB each, see [`interval_histogram`]); counters are
+//! plain `u64`. Taking samples keeps a copy of each cumulative array's counts up to
+//! its highest used cell. Nothing here grows with the number of callbacks run.
 //!
 //! Sampling: [`Recorder::take_sample`] cuts an interval out of the recorder for the
 //! hub. `callback_duration`, `timer_lateness` and `eventloop_delay` stay cumulative
@@ -15,13 +14,10 @@
 
 use hdrhistogram::Histogram;
 
+use crate::cells::Cells;
 use crate::clock;
-use crate::model::{DurationHistogram, Histograms, Sample};
+use crate::model::{Histograms, Sample};
 use crate::summary::{interval_histogram, MAX_NS};
-
-fn duration_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_NS, 3).expect("static histogram bounds are valid")
-}
 
 /// What one loop records. Owned by the loop thread; written without locks.
 pub struct Recorder {
@@ -41,13 +37,13 @@ pub struct Recorder {
     /// Time spent waiting in the poll (ns).
     pub idle_ns: u64,
     /// `asyncio.callback.duration`: how long each callback ran (ns), since creation.
-    pub callback_duration: Histogram<u64>,
+    pub callback_duration: Cells,
     /// How late each timer ran after its `when` (ns), since creation
     /// (`timer_delay` in samples and `loop.stats()`).
-    pub timer_lateness: Histogram<u64>,
+    pub timer_lateness: Cells,
     /// `asyncio.eventloop.delay`: ready → run delay of each handle (ns), since
     /// creation (`loop_lag` in `loop.stats()`; samples carry the interval's part).
-    pub eventloop_delay: Histogram<u64>,
+    pub eventloop_delay: Cells,
     /// Run time of each task step (ns), since the last sample.
     pub task_step_duration: Histogram<u64>,
     /// Run time of each executor job (ns), since the last sample.
@@ -69,11 +65,10 @@ struct LastCut {
     slow_callbacks: u64,
     busy_ns: u64,
     idle_ns: u64,
-    /// The cumulative histograms' non-empty cells at the cut, as (value, count) in
-    /// increasing value order: a few hundred entries, not a 270 KiB copy.
-    callback_duration: Vec<(u64, u64)>,
-    timer_lateness: Vec<(u64, u64)>,
-    eventloop_delay: Vec<(u64, u64)>,
+    /// The cumulative counts at the cut, up to the highest cell used then.
+    callback_duration: Vec<u64>,
+    timer_lateness: Vec<u64>,
+    eventloop_delay: Vec<u64>,
 }
 
 /// A copy of a recorder's state since creation, detached from the loop thread.
@@ -139,9 +134,9 @@ impl Recorder {
             slow_callbacks: 0,
             busy_ns: 0,
             idle_ns: 0,
-            callback_duration: duration_histogram(),
-            timer_lateness: duration_histogram(),
-            eventloop_delay: duration_histogram(),
+            callback_duration: Cells::new(),
+            timer_lateness: Cells::new(),
+            eventloop_delay: Cells::new(),
             task_step_duration: interval_histogram(),
             executor_job_duration: interval_histogram(),
             ready_queue_max: 0,
@@ -156,7 +151,7 @@ impl Recorder {
     pub fn callback(&mut self, duration_ns: u64) {
         self.callbacks += 1;
         if self.enabled {
-            self.callback_duration.saturating_record(duration_ns.clamp(1, MAX_NS));
+            self.callback_duration.record(duration_ns);
         }
     }
 
@@ -164,7 +159,7 @@ impl Recorder {
     #[inline]
     pub fn timer_fired(&mut self, late_ns: u64) {
         if self.enabled {
-            self.timer_lateness.saturating_record(late_ns.clamp(1, MAX_NS));
+            self.timer_lateness.record(late_ns);
         }
     }
 
@@ -172,7 +167,7 @@ impl Recorder {
     #[inline]
     pub fn delay(&mut self, delay_ns: u64) {
         if self.enabled {
-            self.eventloop_delay.saturating_record(delay_ns.clamp(1, MAX_NS));
+            self.eventloop_delay.record(delay_ns);
         }
     }
 
@@ -213,10 +208,9 @@ impl Recorder {
     /// `bytes_*`, `executor_*`) on the result.
     ///
     /// # Notes
-    /// Walks the 3-digit histograms' cells up to their largest value and allocates
-    /// five 36 KiB interval histograms: ~85 µs (release build) when callbacks span
-    /// 1 µs–10 ms. Call it on the sampling deadline (default every 250 ms), not per
-    /// iteration.
+    /// Walks the cumulative counters up to their highest used cell and allocates
+    /// five 36 KiB interval histograms. Call it on the sampling deadline (default
+    /// every 250 ms), not per iteration.
     pub fn take_sample(&mut self, now_unix_ms: u64) -> Sample {
         let created = self.created_unix_ms;
         let cut = self.cut.get_or_insert_with(|| {
@@ -251,9 +245,9 @@ impl Recorder {
             ready_queue_max: self.ready_queue_max,
             ready_queue_last: self.ready_queue_last,
             histograms: Histograms {
-                callback_duration: since(&self.callback_duration, &mut cut.callback_duration),
-                timer_delay: since(&self.timer_lateness, &mut cut.timer_lateness),
-                eventloop_delay: since(&self.eventloop_delay, &mut cut.eventloop_delay),
+                callback_duration: self.callback_duration.since(&mut cut.callback_duration),
+                timer_delay: self.timer_lateness.since(&mut cut.timer_lateness),
+                eventloop_delay: self.eventloop_delay.since(&mut cut.eventloop_delay),
                 task_step_duration: std::mem::replace(&mut self.task_step_duration, interval_histogram()).into(),
                 executor_job_duration: std::mem::replace(&mut self.executor_job_duration, interval_histogram()).into(),
             },
@@ -285,9 +279,9 @@ impl Recorder {
 
     /// What [`Recorder`] has counted since creation.
     pub fn snapshot(&self) -> RecorderSnapshot {
-        let cb = &self.callback_duration;
-        let tl = &self.timer_lateness;
-        let dl = &self.eventloop_delay;
+        let cb = &self.callback_duration.to_histogram();
+        let tl = &self.timer_lateness.to_histogram();
+        let dl = &self.eventloop_delay.to_histogram();
         RecorderSnapshot {
             iterations: self.iterations,
             callbacks: self.callbacks,
@@ -309,40 +303,6 @@ impl Recorder {
             delay_max_ns: dl.max(),
         }
     }
-}
-
-/// The part of cumulative `now` recorded since the cut `prev` (its non-empty cells),
-/// as an interval histogram; then `prev` becomes `now`'s non-empty cells.
-///
-/// # Notes
-/// Walks only `now`'s recorded cells and `prev`'s list side by side (both in value
-/// order): cheaper than diffing or copying whole 3-digit histograms.
-fn since(now: &Histogram<u64>, prev: &mut Vec<(u64, u64)>) -> DurationHistogram {
-    let mut out = interval_histogram();
-    let mut next = Vec::with_capacity(prev.len() + 16);
-    let mut old = prev.iter().peekable();
-    if !now.is_empty() {
-        // Cell by cell up to the largest value: hdrhistogram's `iter_recorded` does the
-        // same walk but computes a quantile at every step (3x slower here).
-        let (mut value, max) = (now.lowest_equivalent(now.min_nz()), now.max());
-        while value <= max {
-            let count = now.count_at(value);
-            if count > 0 {
-                while old.next_if(|(w, _)| *w < value).is_some() {}
-                let before = old.next_if(|(w, _)| *w == value).map_or(0, |(_, c)| *c);
-                // Saturating: if the loop ever reset its histogram, report what is
-                // there rather than underflow.
-                let n = count.saturating_sub(before);
-                if n > 0 {
-                    out.saturating_record_n(now.median_equivalent(value).min(MAX_NS), n);
-                }
-                next.push((value, count));
-            }
-            value = now.next_non_equivalent(value);
-        }
-    }
-    *prev = next;
-    DurationHistogram(out)
 }
 
 #[cfg(test)]

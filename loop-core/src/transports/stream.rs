@@ -827,6 +827,17 @@ impl StreamTransport {
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        // Exactly bytes (what data_received hands out, so every echo): immutable
+        // storage that lives as long as `data`, so no buffer export (and no
+        // allocation for its view) is needed.
+        if let Ok(bytes) = data.cast_exact::<PyBytes>() {
+            let bytes = bytes.as_bytes();
+            Self::check_writable(slf)?;
+            if bytes.is_empty() || !Self::write_allowed(slf)? {
+                return Ok(());
+            }
+            return Self::send_or_buffer(slf, &[bytes]);
+        }
         let buf = Self::check_bytes_like(data)?;
         Self::check_writable(slf)?;
         // As in asyncio: empty writes return before the connection-lost accounting.
