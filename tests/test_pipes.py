@@ -940,3 +940,25 @@ def test_cancelled_reader_handle_is_not_called(loop, run, pipe_fds):
 
     assert run(main()) == (False, b"data")
     assert calls == []
+
+
+def test_read_pipe_helper_matches_os_read(pipe_fds):
+    # glassloop's pipe transports read with _core._read_pipe instead of os.read
+    # (no 256 KiB allocation per read); it must behave as os.read, EAGAIN aside.
+    from glassloop._core import _read_pipe
+
+    r, w = pipe_fds
+    assert _read_pipe(r, 1 << 18) is None  # EAGAIN
+    data = payload(200_000)
+    os.write(w, data[:60_000])
+    assert _read_pipe(r, 10) == data[:10]
+    assert _read_pipe(r, 1 << 30) == data[10:60_000]  # capped, and what is there
+    assert _read_pipe(r, 100) is None
+    os.close(w)
+    assert _read_pipe(r, 100) == b""  # end of file
+    os.close(r)
+    with pytest.raises(OSError) as ei:
+        _read_pipe(r, 100)
+    with pytest.raises(OSError) as ei2:
+        os.read(r, 100)
+    assert (type(ei.value), ei.value.errno) == (type(ei2.value), ei2.value.errno)

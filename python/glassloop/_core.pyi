@@ -9,6 +9,12 @@ _Ts = TypeVarTuple("_Ts")
 
 __version__: str
 
+def _read_pipe(fd: int, max_size: int) -> bytes | None:
+    """One read of at most `max_size` (capped at 256 KiB) bytes from the
+    non-blocking `fd`, as `os.read`, but None on EAGAIN; copied out of a reused
+    buffer rather than shrunk from a `max_size` allocation."""
+    ...
+
 class Handle:
     """A callback scheduled with `call_soon`."""
 
