@@ -962,3 +962,28 @@ def test_read_pipe_helper_matches_os_read(pipe_fds):
     with pytest.raises(OSError) as ei2:
         os.read(r, 100)
     assert (type(ei.value), ei.value.errno) == (type(ei2.value), ei2.value.errno)
+
+
+def test_read_pipe_drains_an_enlarged_pipe(loop, run):
+    # A pipe holding more than one read takes (asyncio reads up to 256 KiB at a
+    # time, glassloop 120 KiB): the transport reads again while data remains.
+    import fcntl
+    r, w = os.pipe()
+    try:
+        size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (AttributeError, OSError):
+        size = fcntl.fcntl(w, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+    data = payload(size)
+    os.set_blocking(w, False)
+    n = os.write(w, data)  # the whole pipe, before anyone reads
+    os.close(w)
+
+    async def main():
+        proto = ReadProto(loop)
+        tr, _ = await loop.connect_read_pipe(lambda: proto, os.fdopen(r, "rb", 0))
+        await asyncio.wait_for(proto.lost, 10)
+        return bytes(proto.data), proto.events
+
+    got, events = run(main())
+    assert got == data[:n]
+    assert events == ["made", "data", "eof", ("lost", None)]

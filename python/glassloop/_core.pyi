@@ -10,9 +10,9 @@ _Ts = TypeVarTuple("_Ts")
 __version__: str
 
 def _read_pipe(fd: int, max_size: int) -> bytes | None:
-    """One read of at most `max_size` (capped at 256 KiB) bytes from the
-    non-blocking `fd`, as `os.read`, but None on EAGAIN; copied out of a reused
-    buffer rather than shrunk from a `max_size` allocation."""
+    """One read of at most `max_size` (capped at 120 KiB, so that the bytes
+    object comes from the heap, not an mmap) bytes from the non-blocking `fd`,
+    as `os.read`, but None on EAGAIN."""
     ...
 
 class Handle:
