@@ -704,3 +704,274 @@ def test_read_pipe_streams(loop, run):
         assert reader.at_eof()
 
     run(main())
+
+
+# ---------------------------------------------------------------------------
+# add_reader / add_writer on a pipe: level-triggered, as asyncio's selector loop
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def pipe_fds():
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+async def until(predicate, timeout=5.0):
+    """Yields to the loop until `predicate()` holds (or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
+    return predicate()
+
+
+async def settle(loop, iterations=20):
+    """Lets the loop run a few polling iterations (each sleep polls)."""
+    for _ in range(iterations):
+        await asyncio.sleep(0.001)
+
+
+def test_add_reader_called_again_while_data_remains(loop, run, pipe_fds):
+    r, w = pipe_fds
+    got = []
+
+    async def main():
+        os.write(w, b"0123456789")
+
+        def on_readable():
+            got.append(os.read(r, 1))  # leaves the rest for the next call
+
+        loop.add_reader(r, on_readable)
+        assert await until(lambda: len(got) >= 10)
+        await settle(loop)  # drained: no further call
+        n = len(got)
+        assert loop.remove_reader(r) is True
+        return n
+
+    assert run(main()) == 10
+    assert b"".join(got) == b"0123456789"
+
+
+def test_add_reader_wakes_for_data_written_after_drain(loop, run, pipe_fds):
+    r, w = pipe_fds
+    got = bytearray()
+    calls = []
+
+    async def main():
+        def on_readable():
+            calls.append(1)
+            got.extend(os.read(r, 3))
+
+        loop.add_reader(r, on_readable)
+        for i in range(5):
+            chunk = bytes([65 + i]) * 7
+            os.write(w, chunk)
+            assert await until(lambda: len(got) == 7 * (i + 1))
+            await settle(loop, 3)
+        assert loop.remove_reader(r) is True
+        return bytes(got), len(calls)
+
+    data, ncalls = run(main())
+    assert data == b"AAAAAAABBBBBBBCCCCCCCDDDDDDDEEEEEEE"
+    assert ncalls == 5 * 3  # 3 + 3 + 1 bytes per chunk
+
+
+def test_add_writer_keeps_firing_while_writable(loop, run, pipe_fds):
+    r, w = pipe_fds
+    calls = []
+
+    async def main():
+        loop.add_writer(w, calls.append, "w")  # writes nothing: stays writable
+        assert await until(lambda: len(calls) >= 10)
+        assert loop.remove_writer(w) is True
+        n = len(calls)
+        await settle(loop)
+        assert len(calls) == n
+        return loop.remove_writer(w)
+
+    assert run(main()) is False
+    assert set(calls) == {"w"}
+
+
+def test_add_writer_stops_while_full_and_resumes_when_drained(loop, run, pipe_fds):
+    r, w = pipe_fds
+    calls = []
+
+    async def main():
+        def on_writable():
+            written = 0
+            try:
+                while True:
+                    written += os.write(w, b"x" * 4096)
+            except BlockingIOError:
+                calls.append(written)  # the pipe is full now
+
+        loop.add_writer(w, on_writable)
+        assert await until(lambda: bool(calls))
+        await settle(loop)
+        assert len(calls) == 1  # a full pipe is not writable: no more calls
+        drained = 0
+        while True:
+            try:
+                drained += len(os.read(r, 1 << 16))
+            except BlockingIOError:
+                break
+        assert await until(lambda: len(calls) >= 2)
+        assert loop.remove_writer(w) is True
+        return drained
+
+    assert run(main()) == calls[0] > 0
+
+
+def test_remove_reader_inside_callback_stops_it(loop, run, pipe_fds):
+    r, w = pipe_fds
+    calls = []
+
+    async def main():
+        os.write(w, b"0123456789")
+
+        def on_readable():
+            calls.append(os.read(r, 1))
+            calls.append(loop.remove_reader(r))
+
+        loop.add_reader(r, on_readable)
+        assert await until(lambda: bool(calls))
+        await settle(loop)
+        return os.read(r, 100)
+
+    assert run(main()) == b"123456789"
+    assert calls == [b"0", True]
+
+
+def test_remove_writer_inside_callback_keeps_reader(loop, run):
+    # One fd, both sides: removing one side from its own callback leaves the other.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    events = []
+
+    async def main():
+        with a, b:
+            def on_writable():
+                events.append("w")
+                loop.remove_writer(b.fileno())
+
+            loop.add_reader(b.fileno(), lambda: events.append(("r", b.recv(1))))
+            loop.add_writer(b.fileno(), on_writable)
+            assert await until(lambda: "w" in events)
+            a.send(b"xyz")
+            assert await until(lambda: len(events) >= 4)
+            await settle(loop)
+            assert loop.remove_writer(b.fileno()) is False
+            assert loop.remove_reader(b.fileno()) is True
+
+    run(main())
+    assert events == ["w", ("r", b"x"), ("r", b"y"), ("r", b"z")]
+
+
+def test_add_reader_again_replaces_callback(loop, run, pipe_fds):
+    r, w = pipe_fds
+    calls = []
+
+    async def main():
+        os.write(w, b"0123456789")
+
+        def second():
+            calls.append(("second", os.read(r, 1)))
+
+        def first():
+            calls.append(("first", os.read(r, 1)))
+            loop.add_reader(r, second)  # same fd: replaces this callback
+
+        loop.add_reader(r, first)
+        assert await until(lambda: len(calls) >= 10)
+        await settle(loop)
+        assert loop.remove_reader(r) is True
+        # And from outside a callback, on a drained fd: the new one gets the next data.
+        loop.add_reader(r, lambda: calls.append(("third", os.read(r, 100))))
+        loop.add_reader(r, lambda: calls.append(("fourth", os.read(r, 100))))
+        os.write(w, b"end")
+        assert await until(lambda: len(calls) >= 11)
+        await settle(loop)
+        assert loop.remove_reader(r) is True
+
+    run(main())
+    assert calls[0] == ("first", b"0")
+    assert calls[1:10] == [("second", bytes([c])) for c in b"123456789"]
+    assert calls[10:] == [("fourth", b"end")]
+
+
+def test_cancelled_reader_handle_is_not_called(loop, run, pipe_fds):
+    # asyncio's _add_reader returns the handle; cancelling it stops the callback,
+    # and the loop drops the reader once the fd is ready.
+    r, w = pipe_fds
+    calls = []
+
+    async def main():
+        handle = loop._add_reader(r, calls.append, 1)
+        handle.cancel()
+        os.write(w, b"data")
+        await settle(loop)
+        removed = loop.remove_reader(r)
+        # The fd can be watched again afterwards.
+        done = loop.create_future()
+        loop.add_reader(r, lambda: done.done() or done.set_result(os.read(r, 100)))
+        got = await asyncio.wait_for(done, 5)
+        assert loop.remove_reader(r) is True
+        return removed, got
+
+    assert run(main()) == (False, b"data")
+    assert calls == []
+
+
+def test_read_pipe_helper_matches_os_read(pipe_fds):
+    # glassloop's pipe transports read with _core._read_pipe instead of os.read
+    # (no 256 KiB allocation per read); it must behave as os.read, EAGAIN aside.
+    from glassloop._core import _read_pipe
+
+    r, w = pipe_fds
+    assert _read_pipe(r, 1 << 18) is None  # EAGAIN
+    data = payload(200_000)
+    os.write(w, data[:60_000])
+    assert _read_pipe(r, 10) == data[:10]
+    assert _read_pipe(r, 1 << 30) == data[10:60_000]  # capped, and what is there
+    assert _read_pipe(r, 100) is None
+    os.close(w)
+    assert _read_pipe(r, 100) == b""  # end of file
+    os.close(r)
+    with pytest.raises(OSError) as ei:
+        _read_pipe(r, 100)
+    with pytest.raises(OSError) as ei2:
+        os.read(r, 100)
+    assert (type(ei.value), ei.value.errno) == (type(ei2.value), ei2.value.errno)
+
+
+def test_read_pipe_drains_an_enlarged_pipe(loop, run):
+    # A pipe holding more than one read takes (asyncio reads up to 256 KiB at a
+    # time, glassloop 120 KiB): the transport reads again while data remains.
+    import fcntl
+    r, w = os.pipe()
+    try:
+        size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (AttributeError, OSError):
+        size = fcntl.fcntl(w, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+    data = payload(size)
+    os.set_blocking(w, False)
+    n = os.write(w, data)  # the whole pipe, before anyone reads
+    os.close(w)
+
+    async def main():
+        proto = ReadProto(loop)
+        tr, _ = await loop.connect_read_pipe(lambda: proto, os.fdopen(r, "rb", 0))
+        await asyncio.wait_for(proto.lost, 10)
+        return bytes(proto.data), proto.events
+
+    got, events = run(main())
+    assert got == data[:n]
+    assert events == ["made", "data", "eof", ("lost", None)]

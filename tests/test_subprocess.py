@@ -1063,3 +1063,38 @@ def test_glassloop_fallback_without_pidfd(glassloop, monkeypatch, unavailable):
     assert job == [b"fbfb", 0, 6, -9]
     assert foreign.wait(10) == 3
     assert _children.pidfd_open is None  # ENOSYS: not tried again
+
+
+def test_64mib_through_cat_intact(loop, run):
+    """64 MiB through `cat` in uneven writes, read back in uneven reads, while
+    both pipes fill and drain: every byte arrives once, in order."""
+    import random
+    rng = random.Random(64)
+    data = rng.randbytes(64 * 1024 * 1024)
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec("cat", stdin=PIPE, stdout=PIPE)
+
+        async def send():
+            view = memoryview(data)
+            pos = 0
+            while pos < len(data):
+                size = rng.choice((1, 517, 4096, 65536, 1 << 20))
+                proc.stdin.write(view[pos:pos + size])
+                pos += size
+                await proc.stdin.drain()
+            proc.stdin.close()
+
+        async def receive():
+            h, n = hashlib.sha256(), 0
+            while True:
+                chunk = await proc.stdout.read(rng.choice((1000, 65536, 1 << 20)))
+                if not chunk:
+                    return h.digest(), n
+                h.update(chunk)
+                n += len(chunk)
+
+        _, (digest, n) = await asyncio.wait_for(asyncio.gather(send(), receive()), 60)
+        return digest, n, await proc.wait()
+
+    assert run(main()) == (hashlib.sha256(data).digest(), len(data), 0)

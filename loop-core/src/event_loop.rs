@@ -310,11 +310,12 @@ impl LoopCore {
             None
         };
         let mut garbage_timers = Vec::new();
+        let mut garbage_waiters = Vec::new();
 
         // 1. How long may we sleep? `now_ns` is when the last callback (or poll)
         // ended, a moment ago: deciding costs no clock read.
         let (has_ready, next_when, next_sample, cached_now, last_poll) = self.state.with(py, |s| {
-            s.watchers.rearm(&self.registry);
+            s.watchers.before_poll(&self.registry, &mut garbage_waiters);
             let has_ready = !s.ready.is_empty() || s.watchers.has_rereads();
             let next_when = if has_ready {
                 // The poll won't wait for a timer; only keep the heap compact.
@@ -326,6 +327,7 @@ impl LoopCore {
             (has_ready, next_when, s.link.as_ref().map(|l| l.next_sample_ns), s.now_ns, s.last_poll_ns)
         });
         drop_garbage(garbage_timers);
+        drop_garbage(garbage_waiters);
         let (timeout, poll_start) = if has_ready {
             (Some(Duration::ZERO), cached_now)
         } else if self.stopping.load(Ordering::Relaxed) {

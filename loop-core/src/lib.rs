@@ -7,6 +7,7 @@ mod gil_cell;
 mod handles;
 mod inspect;
 mod otel;
+mod pipe;
 mod reactor;
 mod servers;
 mod sites;
@@ -35,6 +36,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start_otlp, m)?)?;
     m.add_function(wrap_pyfunction!(flush_otlp, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(pipe::_read_pipe, m)?)?;
     Ok(())
 }
 

@@ -1,9 +1,17 @@
 //! The reactor: file descriptors watched with mio for `add_reader`/`add_writer`.
 //!
 //! mio is edge-triggered; asyncio's readers and writers are level-triggered (a
-//! reader that leaves data unread is called again). We get level semantics back
-//! by re-arming (`EPOLL_CTL_MOD`) each fd whose callback ran, before the next
-//! poll: the kernel then re-queues the fd if it is still ready.
+//! reader that leaves data unread is called again, at the next iteration). An fd
+//! with an `add_reader`/`add_writer` callback is therefore registered
+//! level-triggered, with `epoll_ctl` on mio's epoll instance directly (mio has no
+//! level-triggered mode; its poll reports these events like its own). The
+//! kernel then reports the fd at every poll while it is ready, and at no other
+//! time, which is exactly the selector loop's behaviour: no wakeup is lost, an
+//! idle fd costs nothing, and a long-lived reader (a pipe transport) costs
+//! `epoll_ctl` only when it is added, removed or changes sides, never per event.
+//! The alternatives cost more: re-arming each fired fd (`EPOLL_CTL_MOD`) is one
+//! syscall per callback; keeping a "still ready" list until a read returns EAGAIN
+//! is impossible, since the callback's reads are not ours to see.
 //!
 //! A socket used only by `sock_*` calls stays registered between calls (see
 //! [`Watcher::idle_owner`]): an echo loop on sock_recv/sock_sendall then makes no
@@ -18,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 
 /// The token of the loop's mio `Waker`; fds use their own number as token.
 pub const WAKER_TOKEN: Token = Token(usize::MAX);
@@ -42,12 +50,24 @@ impl Waiter {
     }
 }
 
+/// How the kernel watches an fd.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Registration {
+    interest: Interest,
+    /// Level-triggered (reported at every poll while ready): while a callback
+    /// (`Waiter::Handle`) is on either side, whose reads we cannot see. `sock_*`
+    /// calls alone use mio's edge-triggered mode: they retry their syscall until
+    /// EAGAIN, so the next edge is all they need, and an fd kept registered while
+    /// idle (see [`Watcher::idle_owner`]) then stays quiet however ready it is.
+    level: bool,
+}
+
 #[derive(Default)]
 struct Watcher {
     reader: Option<Waiter>,
     writer: Option<Waiter>,
-    /// The interest currently registered with the kernel (None: not registered).
-    registered: Option<Interest>,
+    /// How the fd is registered with the kernel now (None: not registered).
+    registered: Option<Registration>,
     /// A weak reference to the socket whose `sock_*` calls registered this fd, set
     /// while only such calls have waited on it: the registration is then kept when
     /// no call waits (edge-triggered, so an idle fd costs one ignored event per
@@ -69,13 +89,15 @@ impl Watcher {
         self.idle_owner.as_ref().is_some_and(|weak| weak.bind(py).upgrade().is_some_and(|s| s.is(sock)))
     }
 
-    fn wanted(&self) -> Option<Interest> {
-        match (self.reader.is_some(), self.writer.is_some()) {
-            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
-            (true, false) => Some(Interest::READABLE),
-            (false, true) => Some(Interest::WRITABLE),
-            (false, false) => None,
-        }
+    fn wanted(&self) -> Option<Registration> {
+        let interest = match (self.reader.is_some(), self.writer.is_some()) {
+            (true, true) => Interest::READABLE | Interest::WRITABLE,
+            (true, false) => Interest::READABLE,
+            (false, true) => Interest::WRITABLE,
+            (false, false) => return None,
+        };
+        let level = matches!(self.reader, Some(Waiter::Handle(_))) || matches!(self.writer, Some(Waiter::Handle(_)));
+        Some(Registration { interest, level })
     }
 }
 
@@ -84,8 +106,10 @@ pub struct Watchers {
     fds: HashMap<RawFd, Watcher>,
     /// fds owned by Rust transports (registered edge-triggered for life; see `Transport::interest`).
     transports: HashMap<RawFd, Transport>,
-    /// fds whose callbacks ran since the last poll: re-armed before the next one.
-    fired: Vec<RawFd>,
+    /// Sides reported ready whose callback handle had been cancelled: removed
+    /// before the next poll, as asyncio's selector loop removes them (a
+    /// level-triggered fd that nobody reads would otherwise wake every poll).
+    cancelled: Vec<(RawFd, Side)>,
     /// Idle fds (kept registered for sock_* calls) that had an event nobody waited
     /// for: unregistered before the next poll unless a call waits on them again.
     idle_fired: Vec<RawFd>,
@@ -299,28 +323,27 @@ impl Watchers {
             self.idle_fired.push(fd);
             return;
         }
-        let mut fired = false;
-        if readable {
-            fired |= queue(py, fd, Side::Read, &w.reader, now_ns, ready);
+        if readable && queue(py, fd, Side::Read, &w.reader, now_ns, ready) == Queued::Cancelled {
+            self.cancelled.push((fd, Side::Read));
         }
-        if writable {
-            fired |= queue(py, fd, Side::Write, &w.writer, now_ns, ready);
-        }
-        if fired {
-            self.fired.push(fd);
+        if writable && queue(py, fd, Side::Write, &w.writer, now_ns, ready) == Queued::Cancelled {
+            self.cancelled.push((fd, Side::Write));
         }
     }
 
-    /// Re-arms the fds that fired, so a still-ready fd is reported again (level-triggered).
-    /// Every iteration asks; most have nothing to rearm.
+    /// Finishes what the last poll's events left to do, before the next poll.
+    /// Every iteration asks; most have nothing to do (a callback that stays
+    /// registered needs nothing: its fd is level-triggered).
     #[inline]
-    pub fn rearm(&mut self, registry: &Registry) {
-        if !self.fired.is_empty() || !self.idle_fired.is_empty() {
-            self.rearm_fired(registry);
+    pub fn before_poll(&mut self, registry: &Registry, garbage: &mut Vec<Waiter>) {
+        if !self.cancelled.is_empty() || !self.idle_fired.is_empty() {
+            self.tidy_fired(registry, garbage);
         }
     }
 
-    fn rearm_fired(&mut self, registry: &Registry) {
+    /// Unregisters idle fds that fired, and removes cancelled callbacks that were
+    /// reported ready (into `garbage`: dropping a handle may run Python code).
+    fn tidy_fired(&mut self, registry: &Registry, garbage: &mut Vec<Waiter>) {
         for fd in self.idle_fired.drain(..) {
             if self.fds.get(&fd).is_some_and(|w| w.is_idle()) {
                 // A socket kept registered that nobody awaits now: let it go, so it
@@ -329,17 +352,15 @@ impl Watchers {
                 let _ = registry.deregister(&mut SourceFd(&fd));
             }
         }
-        for fd in self.fired.drain(..) {
-            if let Some(w) = self.fds.get_mut(&fd) {
-                if let Some(interest) = w.registered {
-                    if registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest).is_err() {
-                        // The fd was closed under us; forget the registration so a
-                        // later add_reader on a reused fd registers afresh.
-                        w.registered = None;
-                    }
-                }
+        let mut cancelled = std::mem::take(&mut self.cancelled);
+        for (fd, side) in cancelled.drain(..) {
+            // Unless a callback added since replaced it.
+            let still = self.fds.get_mut(&fd).is_some_and(|w| matches!(w.side(side), Some(Waiter::Handle(h)) if h.get().is_cancelled()));
+            if still {
+                garbage.extend(self.remove(registry, fd, side));
             }
         }
+        self.cancelled = cancelled; // keeps its allocation
     }
 
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
@@ -374,7 +395,7 @@ impl Watchers {
             garbage.extend(w.reader.take());
             garbage.extend(w.writer.take());
         }
-        self.fired.clear();
+        self.cancelled.clear();
         self.idle_fired.clear();
     }
 }
@@ -392,27 +413,33 @@ fn covers(has: Interest, want: Interest) -> bool {
     (has.is_readable() || !want.is_readable()) && (has.is_writable() || !want.is_writable())
 }
 
-/// Queues what waits on one side of a ready fd; true if it was a handle (whose
-/// fd is re-armed for level-triggered behaviour). A `sock_*` call needs no
-/// re-arm: it retries its syscall until EAGAIN, and the next edge wakes it.
-fn queue(py: Python<'_>, fd: RawFd, side: Side, waiter: &Option<Waiter>, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>) -> bool {
+#[derive(PartialEq, Eq)]
+enum Queued {
+    Yes,
+    /// A cancelled callback handle: nothing queued, and the side is to be removed.
+    Cancelled,
+    Nothing,
+}
+
+/// Queues what waits on one side of a ready fd.
+fn queue(py: Python<'_>, fd: RawFd, side: Side, waiter: &Option<Waiter>, now_ns: u64, ready: &mut std::collections::VecDeque<Ready>) -> Queued {
     match waiter {
-        Some(Waiter::Handle(h)) if !h.get().is_cancelled() => {
+        Some(Waiter::Handle(h)) if h.get().is_cancelled() => Queued::Cancelled,
+        Some(Waiter::Handle(h)) => {
             ready.push_back(Ready::Call { handle: h.clone_ref(py), queued_ns: now_ns });
-            true
+            Queued::Yes
         }
         Some(Waiter::Sock(_)) => {
             ready.push_back(Ready::Sock { fd, side, queued_ns: now_ns });
-            false
+            Queued::Yes
         }
-        _ => false,
+        None => Queued::Nothing,
     }
 }
 
 /// Makes the kernel's registration match what the watcher wants (or, for an fd
 /// kept registered for sock_* calls, cover it).
 fn sync_registration(registry: &Registry, fd: RawFd, w: &mut Watcher) -> io::Result<()> {
-    let token = Token(fd as usize);
     let keep = w.idle_owner.is_some();
     match (w.registered, w.wanted()) {
         (None, None) => Ok(()),
@@ -422,24 +449,58 @@ fn sync_registration(registry: &Registry, fd: RawFd, w: &mut Watcher) -> io::Res
             registry.deregister(&mut SourceFd(&fd))
         }
         (None, Some(want)) => {
-            match registry.register(&mut SourceFd(&fd), token, want) {
+            match epoll_ctl(registry, libc::EPOLL_CTL_ADD, fd, want) {
                 // Registered by a socket object we did not see (another object on the same fd).
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => registry.reregister(&mut SourceFd(&fd), token, want)?,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => epoll_ctl(registry, libc::EPOLL_CTL_MOD, fd, want)?,
                 other => other?,
             }
             w.registered = Some(want);
             Ok(())
         }
-        (Some(has), Some(want)) if keep && covers(has, want) => Ok(()),
+        // Kept for sock_* calls: edge-triggered, as when it was registered (a
+        // handle on the fd would have ended the arrangement).
+        (Some(has), Some(want)) if keep && covers(has.interest, want.interest) => Ok(()),
         (Some(has), Some(want)) => {
-            let want = if keep { has | want } else { want };
-            match registry.reregister(&mut SourceFd(&fd), token, want) {
-                // The fd number was closed and reused since we registered it.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => registry.register(&mut SourceFd(&fd), token, want)?,
+            let want = if keep { Registration { interest: has.interest | want.interest, level: false } } else { want };
+            // Also when nothing changed (a callback replaced by another on the same
+            // sides): the fd number may have been closed and reused since we
+            // registered it, which only the kernel's answer tells.
+            match epoll_ctl(registry, libc::EPOLL_CTL_MOD, fd, want) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => epoll_ctl(registry, libc::EPOLL_CTL_ADD, fd, want)?,
                 other => other?,
             }
             w.registered = Some(want);
             Ok(())
         }
     }
+}
+
+/// Adds (`EPOLL_CTL_ADD`) or changes (`EPOLL_CTL_MOD`) the registration of `fd`
+/// on the loop's epoll instance, under the fd's own number as token. Edge-triggered
+/// registrations go through mio; level-triggered ones, which mio cannot make,
+/// are made here with the flags mio would use, minus `EPOLLET`, so mio's poll
+/// reports their events the same way.
+fn epoll_ctl(registry: &Registry, op: libc::c_int, fd: RawFd, reg: Registration) -> io::Result<()> {
+    let token = Token(fd as usize);
+    if !reg.level {
+        return match op {
+            libc::EPOLL_CTL_ADD => registry.register(&mut SourceFd(&fd), token, reg.interest),
+            _ => registry.reregister(&mut SourceFd(&fd), token, reg.interest),
+        };
+    }
+    let mut events = 0;
+    if reg.interest.is_readable() {
+        events |= libc::EPOLLIN | libc::EPOLLRDHUP;
+    }
+    if reg.interest.is_writable() {
+        events |= libc::EPOLLOUT;
+    }
+    let mut event = libc::epoll_event { events: events as u32, u64: token.0 as u64 };
+    // SAFETY: `event` is a valid epoll_event that outlives the call, and the epoll
+    // fd is mio's, open for as long as `registry` is.
+    let rc = unsafe { libc::epoll_ctl(registry.as_raw_fd(), op, fd, &mut event) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

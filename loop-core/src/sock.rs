@@ -92,7 +92,7 @@ fn last_errno() -> i32 {
 
 /// Runs a syscall returning a count or -1, as the socket module does: EINTR runs
 /// the signal handlers and retries; EAGAIN is None.
-fn syscall(py: Python<'_>, mut call: impl FnMut() -> isize) -> PyResult<Option<usize>> {
+pub(crate) fn syscall(py: Python<'_>, mut call: impl FnMut() -> isize) -> PyResult<Option<usize>> {
     loop {
         let n = call();
         if n >= 0 {

@@ -9,6 +9,12 @@ _Ts = TypeVarTuple("_Ts")
 
 __version__: str
 
+def _read_pipe(fd: int, max_size: int) -> bytes | None:
+    """One read of at most `max_size` (capped at 120 KiB, so that the bytes
+    object comes from the heap, not an mmap) bytes from the non-blocking `fd`,
+    as `os.read`, but None on EAGAIN."""
+    ...
+
 class Handle:
     """A callback scheduled with `call_soon`."""
 

@@ -25,6 +25,8 @@ from asyncio import base_subprocess, selector_events, unix_events
 from asyncio.log import logger
 from typing import Any
 
+from ._core import _read_pipe
+
 # Above any fd, so these ids never collide with a Rust transport's (its fd).
 _ids = itertools.count(1 << 32)
 
@@ -87,13 +89,16 @@ class ReadPipeTransport(unix_events._UnixReadPipeTransport):
     def _read_ready(self) -> None:
         # The same steps as asyncio's, counted: one read of what is waiting; the
         # data goes to the protocol, an empty read is the writer's end of file.
+        # (_read_pipe, not os.read: see pipe.rs for the allocation it saves.)
         try:
-            data = os.read(self._fileno, self.max_size)
+            data = _read_pipe(self._fileno, self.max_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self._fatal_error(exc, "Fatal read error on pipe transport")
             return
+        if data is None:
+            return  # EAGAIN
         if data:
             self._gl_bytes_in += len(data)
             self._gl_calls_in += 1
