@@ -845,6 +845,35 @@ def test_sock_recv_paths(loop, run, ready):
     assert run(main()) == (b"early" if ready else b"late")
 
 
+def test_large_sock_recv_results_stay_intact(loop, run):
+    # Large reads (64 KiB, which glassloop makes straight into a bytes object it
+    # may keep for the next read when a try finds nothing): every result is its
+    # own object, with what was sent, unchanged by later reads on any socket.
+    size = 65536
+    pairs = [tcp_pair() for _ in range(2)]
+
+    async def main():
+        got = []
+        try:
+            for i in range(6):
+                a, b = pairs[i % 2]
+                payload = bytes([i + 1]) * (size if i % 3 == 0 else 1000 + i)
+                t = asyncio.ensure_future(loop.sock_recv(b, size))
+                await wait_pending(t)  # the first try found nothing
+                await loop.sock_sendall(a, payload)
+                data = await asyncio.wait_for(t, 5)
+                while len(data) < len(payload):
+                    data += await asyncio.wait_for(loop.sock_recv(b, size), 5)
+                got.append((data, payload))
+            return [d == p for d, p in got], len({id(d) for d, _ in got})
+        finally:
+            for a, b in pairs:
+                a.close()
+                b.close()
+
+    assert run(main()) == ([True] * 6, 6)
+
+
 @pytest.mark.parametrize("ready", [True, False], ids=["fast", "slow"])
 def test_sock_recv_into_paths(loop, run, ready):
     a, b = tcp_pair()

@@ -141,11 +141,40 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SCRATCH_LEN]);
     /// Whether the last read on this thread was large: the next one is likely too.
     static LAST_READ_LARGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The bytes object of a large read that found nothing (EAGAIN), kept for the
+    /// next one: an echo's recv right after its send mostly finds nothing, and
+    /// freeing its 64 KiB each time makes malloc trim the heap and fault it back in.
+    static SPARE: std::cell::Cell<Option<Py<PyAny>>> = const { std::cell::Cell::new(None) };
+}
+
+/// A bytes object of `n` uninitialized bytes that only we reference: the spare if its size fits, else a new one.
+fn read_buffer(py: Python<'_>, n: usize) -> PyResult<*mut ffi::PyObject> {
+    if let Some(spare) = SPARE.take() {
+        let obj = spare.into_ptr();
+        // SAFETY: the spare is a bytes object nothing but SPARE ever referenced.
+        if unsafe { ffi::PyBytes_Size(obj) } as usize == n {
+            return Ok(obj);
+        }
+        // SAFETY: our reference.
+        unsafe { ffi::Py_DECREF(obj) };
+    }
+    // SAFETY: a NULL source makes an uninitialized bytes object of `n` bytes that we own.
+    let obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t) };
+    if obj.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    Ok(obj)
+}
+
+/// Whether a read of at most `n` bytes goes into a bytes object of size `n`
+/// (large reads), rather than through the scratch buffer.
+fn reads_direct(n: usize) -> bool {
+    n > SMALL_READ && (n > SCRATCH_LEN || LAST_READ_LARGE.get())
 }
 
 /// A bytes object holding what one `recv(2)` of at most `n` bytes returned, or None on EAGAIN.
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
-    if n <= SMALL_READ || (n <= SCRATCH_LEN && !LAST_READ_LARGE.get()) {
+    if !reads_direct(n) {
         // Small reads go into a reused buffer, then an exact-size copy: nothing is
         // allocated for an EAGAIN (the common first try), nor shrunk after a short
         // read. (Busy only if a signal handler run on EINTR reads a socket too.)
@@ -163,12 +192,8 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
         }
     }
     // As socket.recv: a bytes object of the full size, filled, then shrunk to what came.
-    // SAFETY: a NULL source makes an uninitialized bytes object of `n` bytes that we own.
-    let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t) };
-    if obj.is_null() {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: `obj` is a fresh bytes object with `n` writable bytes; nothing else sees it yet.
+    let mut obj = read_buffer(py, n)?;
+    // SAFETY: `obj` is a bytes object with `n` writable bytes; nothing else sees it yet.
     let got = syscall(py, || unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), n, 0) });
     match got {
         Ok(Some(got)) => {
@@ -181,10 +206,15 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
             // SAFETY: `obj` is a new reference we own.
             Ok(Some(unsafe { Bound::from_owned_ptr(py, obj) }.unbind()))
         }
-        other => {
+        Ok(None) => {
+            // SAFETY: our reference, unused: it is the spare now.
+            SPARE.set(Some(unsafe { Bound::from_owned_ptr(py, obj) }.unbind()));
+            Ok(None)
+        }
+        Err(e) => {
             // SAFETY: our reference, unused.
             unsafe { ffi::Py_DECREF(obj) };
-            other.map(|_| None)
+            Err(e)
         }
     }
 }
