@@ -874,6 +874,54 @@ def test_large_sock_recv_results_stay_intact(loop, run):
     assert run(main()) == ([True] * 6, 6)
 
 
+def test_large_sock_recvs_woken_together(loop, run):
+    # Many 64 KiB reads waiting when their data comes in at once (glassloop makes
+    # a large read when its task runs, not when the fd is reported ready): each
+    # gets its own socket's bytes, in order, then its end of stream; a cancelled
+    # one leaves its socket usable.
+    size = 65536
+    pairs = [tcp_pair() for _ in range(8)]
+
+    async def read_all(b):
+        parts = []
+        while True:
+            data = await loop.sock_recv(b, size)
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+
+    async def main():
+        try:
+            # A first large read, so the next ones take the large-read path.
+            a, b = pairs[0]
+            a.sendall(b"w" * size)
+            got = b""
+            while len(got) < size:
+                got += await asyncio.wait_for(loop.sock_recv(b, size), 5)
+            readers = [asyncio.ensure_future(read_all(b)) for _, b in pairs[1:]]
+            cancelled = asyncio.ensure_future(loop.sock_recv(pairs[0][1], size))
+            for t in readers + [cancelled]:
+                await wait_pending(t)
+            cancelled.cancel()
+            await asyncio.gather(cancelled, return_exceptions=True)
+            payloads = [bytes([i]) * (size // 4 + 4096 * i) for i in range(1, len(pairs))]
+            for (a, _), payload in zip(pairs[1:], payloads):
+                a.setblocking(True)
+                a.sendall(payload)  # within the socket buffers: does not block
+                a.shutdown(socket.SHUT_WR)
+            results = await asyncio.wait_for(asyncio.gather(*readers), 10)
+            a, b = pairs[0]
+            a.send(b"after")
+            after = await asyncio.wait_for(loop.sock_recv(b, size), 5)
+            return [r == p for r, p in zip(results, payloads)], cancelled.cancelled(), after
+        finally:
+            for a, b in pairs:
+                a.close()
+                b.close()
+
+    assert run(main()) == ([True] * 7, True, b"after")
+
+
 @pytest.mark.parametrize("ready", [True, False], ids=["fast", "slow"])
 def test_sock_recv_into_paths(loop, run, ready):
     a, b = tcp_pair()

@@ -471,6 +471,13 @@ impl LoopCore {
         // Cancelled since it was queued: its coroutine unregisters it; leave the data unread.
         let attempt = if future.call_method0(intern!(py, "done"))?.is_truthy()? {
             Attempt::Done(Ok(py.None()))
+        } else if matches!(wait.op, SockOp::Recv { n } if reads_direct(n)) {
+            // A large read is left to the coroutine (None: "readable, read now"), so
+            // its buffer is allocated when the task runs, just before it is used and
+            // after the task dropped its last one: a batch of ready sockets then does
+            // not hold a batch of large buffers at once, which makes malloc grow the
+            // heap, trim it and fault it back in, and leaves the data cold in cache.
+            Attempt::Done(Ok(py.None()))
         } else {
             wait.op.attempt(wait.sock.bind(py))
         };
