@@ -10,6 +10,10 @@
 //! methods are `add_reader` callbacks), without a Handle, a done-callback and a
 //! `remove_reader` per wait.
 //!
+//! One exception: a large `sock_recv` (see `reads_direct`) is resolved with None
+//! when the fd is ready, and its coroutine calls again to read: the 64 KiB bytes
+//! object is then allocated when the task runs, not for every ready socket at once.
+//!
 //! recv, recv_into and send are plain syscalls on the fd. recvfrom, recvfrom_into,
 //! sendto and accept call the socket object's own method, so addresses keep the
 //! socket module's formats exactly; connect's result is read with getsockopt.
