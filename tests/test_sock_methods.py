@@ -845,6 +845,83 @@ def test_sock_recv_paths(loop, run, ready):
     assert run(main()) == (b"early" if ready else b"late")
 
 
+def test_large_sock_recv_results_stay_intact(loop, run):
+    # Large reads (64 KiB, which glassloop makes straight into a bytes object it
+    # may keep for the next read when a try finds nothing): every result is its
+    # own object, with what was sent, unchanged by later reads on any socket.
+    size = 65536
+    pairs = [tcp_pair() for _ in range(2)]
+
+    async def main():
+        got = []
+        try:
+            for i in range(6):
+                a, b = pairs[i % 2]
+                payload = bytes([i + 1]) * (size if i % 3 == 0 else 1000 + i)
+                t = asyncio.ensure_future(loop.sock_recv(b, size))
+                await wait_pending(t)  # the first try found nothing
+                await loop.sock_sendall(a, payload)
+                data = await asyncio.wait_for(t, 5)
+                while len(data) < len(payload):
+                    data += await asyncio.wait_for(loop.sock_recv(b, size), 5)
+                got.append((data, payload))
+            return [d == p for d, p in got], len({id(d) for d, _ in got})
+        finally:
+            for a, b in pairs:
+                a.close()
+                b.close()
+
+    assert run(main()) == ([True] * 6, 6)
+
+
+def test_large_sock_recvs_woken_together(loop, run):
+    # Many 64 KiB reads waiting when their data comes in at once (glassloop makes
+    # a large read when its task runs, not when the fd is reported ready): each
+    # gets its own socket's bytes, in order, then its end of stream; a cancelled
+    # one leaves its socket usable.
+    size = 65536
+    pairs = [tcp_pair() for _ in range(8)]
+
+    async def read_all(b):
+        parts = []
+        while True:
+            data = await loop.sock_recv(b, size)
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+
+    async def main():
+        try:
+            # A first large read, so the next ones take the large-read path.
+            a, b = pairs[0]
+            a.sendall(b"w" * size)
+            got = b""
+            while len(got) < size:
+                got += await asyncio.wait_for(loop.sock_recv(b, size), 5)
+            readers = [asyncio.ensure_future(read_all(b)) for _, b in pairs[1:]]
+            cancelled = asyncio.ensure_future(loop.sock_recv(pairs[0][1], size))
+            for t in readers + [cancelled]:
+                await wait_pending(t)
+            cancelled.cancel()
+            await asyncio.gather(cancelled, return_exceptions=True)
+            payloads = [bytes([i]) * (size // 4 + 4096 * i) for i in range(1, len(pairs))]
+            for (a, _), payload in zip(pairs[1:], payloads):
+                a.setblocking(True)
+                a.sendall(payload)  # within the socket buffers: does not block
+                a.shutdown(socket.SHUT_WR)
+            results = await asyncio.wait_for(asyncio.gather(*readers), 10)
+            a, b = pairs[0]
+            a.send(b"after")
+            after = await asyncio.wait_for(loop.sock_recv(b, size), 5)
+            return [r == p for r, p in zip(results, payloads)], cancelled.cancelled(), after
+        finally:
+            for a, b in pairs:
+                a.close()
+                b.close()
+
+    assert run(main()) == ([True] * 7, True, b"after")
+
+
 @pytest.mark.parametrize("ready", [True, False], ids=["fast", "slow"])
 def test_sock_recv_into_paths(loop, run, ready):
     a, b = tcp_pair()

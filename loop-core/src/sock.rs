@@ -10,6 +10,10 @@
 //! methods are `add_reader` callbacks), without a Handle, a done-callback and a
 //! `remove_reader` per wait.
 //!
+//! One exception: a large `sock_recv` (see `reads_direct`) is resolved with None
+//! when the fd is ready, and its coroutine calls again to read: the 64 KiB bytes
+//! object is then allocated when the task runs, not for every ready socket at once.
+//!
 //! recv, recv_into and send are plain syscalls on the fd. recvfrom, recvfrom_into,
 //! sendto and accept call the socket object's own method, so addresses keep the
 //! socket module's formats exactly; connect's result is read with getsockopt.
@@ -141,11 +145,40 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SCRATCH_LEN]);
     /// Whether the last read on this thread was large: the next one is likely too.
     static LAST_READ_LARGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The bytes object of a large read that found nothing (EAGAIN), kept for the
+    /// next one: an echo's recv right after its send mostly finds nothing, and
+    /// freeing its 64 KiB each time makes malloc trim the heap and fault it back in.
+    static SPARE: std::cell::Cell<Option<Py<PyAny>>> = const { std::cell::Cell::new(None) };
+}
+
+/// A bytes object of `n` uninitialized bytes that only we reference: the spare if its size fits, else a new one.
+fn read_buffer(py: Python<'_>, n: usize) -> PyResult<*mut ffi::PyObject> {
+    if let Some(spare) = SPARE.take() {
+        let obj = spare.into_ptr();
+        // SAFETY: the spare is a bytes object nothing but SPARE ever referenced.
+        if unsafe { ffi::PyBytes_Size(obj) } as usize == n {
+            return Ok(obj);
+        }
+        // SAFETY: our reference.
+        unsafe { ffi::Py_DECREF(obj) };
+    }
+    // SAFETY: a NULL source makes an uninitialized bytes object of `n` bytes that we own.
+    let obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t) };
+    if obj.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    Ok(obj)
+}
+
+/// Whether a read of at most `n` bytes goes into a bytes object of size `n`
+/// (large reads), rather than through the scratch buffer.
+fn reads_direct(n: usize) -> bool {
+    n > SMALL_READ && (n > SCRATCH_LEN || LAST_READ_LARGE.get())
 }
 
 /// A bytes object holding what one `recv(2)` of at most `n` bytes returned, or None on EAGAIN.
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
-    if n <= SMALL_READ || (n <= SCRATCH_LEN && !LAST_READ_LARGE.get()) {
+    if !reads_direct(n) {
         // Small reads go into a reused buffer, then an exact-size copy: nothing is
         // allocated for an EAGAIN (the common first try), nor shrunk after a short
         // read. (Busy only if a signal handler run on EINTR reads a socket too.)
@@ -163,12 +196,8 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
         }
     }
     // As socket.recv: a bytes object of the full size, filled, then shrunk to what came.
-    // SAFETY: a NULL source makes an uninitialized bytes object of `n` bytes that we own.
-    let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t) };
-    if obj.is_null() {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: `obj` is a fresh bytes object with `n` writable bytes; nothing else sees it yet.
+    let mut obj = read_buffer(py, n)?;
+    // SAFETY: `obj` is a bytes object with `n` writable bytes; nothing else sees it yet.
     let got = syscall(py, || unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), n, 0) });
     match got {
         Ok(Some(got)) => {
@@ -181,10 +210,15 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
             // SAFETY: `obj` is a new reference we own.
             Ok(Some(unsafe { Bound::from_owned_ptr(py, obj) }.unbind()))
         }
-        other => {
+        Ok(None) => {
+            // SAFETY: our reference, unused: it is the spare now.
+            SPARE.set(Some(unsafe { Bound::from_owned_ptr(py, obj) }.unbind()));
+            Ok(None)
+        }
+        Err(e) => {
             // SAFETY: our reference, unused.
             unsafe { ffi::Py_DECREF(obj) };
-            other.map(|_| None)
+            Err(e)
         }
     }
 }
@@ -440,6 +474,13 @@ impl LoopCore {
         let future = wait.future.bind(py).clone();
         // Cancelled since it was queued: its coroutine unregisters it; leave the data unread.
         let attempt = if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+            Attempt::Done(Ok(py.None()))
+        } else if matches!(wait.op, SockOp::Recv { n } if reads_direct(n)) {
+            // A large read is left to the coroutine (None: "readable, read now"), so
+            // its buffer is allocated when the task runs, just before it is used and
+            // after the task dropped its last one: a batch of ready sockets then does
+            // not hold a batch of large buffers at once, which makes malloc grow the
+            // heap, trim it and fault it back in, and leaves the data cold in cache.
             Attempt::Done(Ok(py.None()))
         } else {
             wait.op.attempt(wait.sock.bind(py))

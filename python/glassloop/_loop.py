@@ -484,14 +484,19 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
     async def sock_recv(self, sock, n):
         """Receive up to `n` bytes from `sock` (b"" at end of stream)."""
         fut = self._sock_recv(sock, n)
-        if fut.__class__ is not _Future:
-            return fut
-        try:
-            return await fut
-        except BaseException:
-            self._sock_abandon(sock, fut)
-            fut = None  # no cycle through the traceback
-            raise
+        while fut.__class__ is _Future:
+            try:
+                data = await fut
+            except BaseException:
+                self._sock_abandon(sock, fut)
+                fut = None  # no cycle through the traceback
+                raise
+            if data is not None:
+                return data
+            # None: the socket became readable and a large read is ours to make,
+            # now that the task runs (sock.rs); it may find nothing and wait again.
+            fut = self._sock_recv(sock, n)
+        return fut
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer `buf`; returns the number of bytes written."""
