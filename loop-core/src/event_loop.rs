@@ -1402,75 +1402,52 @@ unsafe fn loop_core<'a, 'py>(py: Python<'py>, slf: *mut pyo3::ffi::PyObject) -> 
     unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>() }
 }
 
-unsafe extern "C" fn call_soon_vectorcall(
-    slf: *mut pyo3::ffi::PyObject,
-    args: *const *mut pyo3::ffi::PyObject,
-    nargs: pyo3::ffi::Py_ssize_t,
-    kwnames: *mut pyo3::ffi::PyObject,
-) -> *mut pyo3::ffi::PyObject {
-    // SAFETY: CPython calls this as LoopCore.call_soon (see install_scheduling_methods).
-    unsafe {
-        fastcall::entry(|py| {
-            let call = fastcall::parse(py, "LoopCore.call_soon", &["callback"], args, nargs, kwnames)?;
-            let this = loop_core(py, slf);
-            Ok(this.get().call_soon(py, call.named[0], call.rest, call.context)?.into_ptr())
-        })
-    }
-}
-
-unsafe extern "C" fn call_soon_threadsafe_vectorcall(
-    slf: *mut pyo3::ffi::PyObject,
-    args: *const *mut pyo3::ffi::PyObject,
-    nargs: pyo3::ffi::Py_ssize_t,
-    kwnames: *mut pyo3::ffi::PyObject,
-) -> *mut pyo3::ffi::PyObject {
-    // SAFETY: as call_soon_vectorcall.
-    unsafe {
-        fastcall::entry(|py| {
-            let call = fastcall::parse(py, "LoopCore.call_soon_threadsafe", &["callback"], args, nargs, kwnames)?;
-            let this = loop_core(py, slf);
-            Ok(this.get().call_soon_threadsafe(py, call.named[0], call.rest, call.context)?.into_ptr())
-        })
-    }
-}
-
-unsafe extern "C" fn call_later_vectorcall(
-    slf: *mut pyo3::ffi::PyObject,
-    args: *const *mut pyo3::ffi::PyObject,
-    nargs: pyo3::ffi::Py_ssize_t,
-    kwnames: *mut pyo3::ffi::PyObject,
-) -> *mut pyo3::ffi::PyObject {
-    // SAFETY: as call_soon_vectorcall.
-    unsafe {
-        fastcall::entry(|py| {
-            let call = fastcall::parse(py, "LoopCore.call_later", &["delay", "callback"], args, nargs, kwnames)?;
-            if call.named[0].is_none() {
-                return Err(pyo3::exceptions::PyTypeError::new_err("delay must not be None"));
+/// One vectorcall entry point per scheduling method: CPython passes the
+/// arguments as a C array, `fastcall::parse` names them, `$body` runs with
+/// `$py`, `$this` (the loop) and `$call` (the parsed arguments) bound.
+macro_rules! scheduling_method {
+    ($name:ident, $qualname:literal, [$($param:literal),*], |$py:ident, $this:ident, $call:ident| $body:block) => {
+        unsafe extern "C" fn $name(
+            slf: *mut pyo3::ffi::PyObject,
+            args: *const *mut pyo3::ffi::PyObject,
+            nargs: pyo3::ffi::Py_ssize_t,
+            kwnames: *mut pyo3::ffi::PyObject,
+        ) -> *mut pyo3::ffi::PyObject {
+            // SAFETY: CPython calls this as the LoopCore method it was installed as
+            // (see install_scheduling_methods): `slf` is a LoopCore and the argument
+            // array holds `nargs` positional values then one per name in `kwnames`.
+            unsafe {
+                fastcall::entry(|$py| {
+                    let $call = fastcall::parse($py, $qualname, &[$($param),*], args, nargs, kwnames)?;
+                    let $this = loop_core($py, slf);
+                    $body
+                })
             }
-            let delay = fastcall::float_arg(call.named[0], "delay")?;
-            let this = loop_core(py, slf);
-            let when = this.get().time() + delay;
-            Ok(this.get().call_at(py, when, call.named[1], call.rest, call.context)?.into_ptr())
-        })
-    }
+        }
+    };
 }
 
-unsafe extern "C" fn call_at_vectorcall(
-    slf: *mut pyo3::ffi::PyObject,
-    args: *const *mut pyo3::ffi::PyObject,
-    nargs: pyo3::ffi::Py_ssize_t,
-    kwnames: *mut pyo3::ffi::PyObject,
-) -> *mut pyo3::ffi::PyObject {
-    // SAFETY: as call_soon_vectorcall.
-    unsafe {
-        fastcall::entry(|py| {
-            let call = fastcall::parse(py, "LoopCore.call_at", &["when", "callback"], args, nargs, kwnames)?;
-            if call.named[0].is_none() {
-                return Err(pyo3::exceptions::PyTypeError::new_err("when cannot be None"));
-            }
-            let when = fastcall::float_arg(call.named[0], "when")?;
-            let this = loop_core(py, slf);
-            Ok(this.get().call_at(py, when, call.named[1], call.rest, call.context)?.into_ptr())
-        })
+scheduling_method!(call_soon_vectorcall, "LoopCore.call_soon", ["callback"], |py, this, call| {
+    Ok(this.get().call_soon(py, call.named[0], call.rest, call.context)?.into_ptr())
+});
+
+scheduling_method!(call_soon_threadsafe_vectorcall, "LoopCore.call_soon_threadsafe", ["callback"], |py, this, call| {
+    Ok(this.get().call_soon_threadsafe(py, call.named[0], call.rest, call.context)?.into_ptr())
+});
+
+scheduling_method!(call_later_vectorcall, "LoopCore.call_later", ["delay", "callback"], |py, this, call| {
+    if call.named[0].is_none() {
+        return Err(pyo3::exceptions::PyTypeError::new_err("delay must not be None"));
     }
-}
+    let delay = fastcall::float_arg(call.named[0], "delay")?;
+    let when = this.get().time() + delay;
+    Ok(this.get().call_at(py, when, call.named[1], call.rest, call.context)?.into_ptr())
+});
+
+scheduling_method!(call_at_vectorcall, "LoopCore.call_at", ["when", "callback"], |py, this, call| {
+    if call.named[0].is_none() {
+        return Err(pyo3::exceptions::PyTypeError::new_err("when cannot be None"));
+    }
+    let when = fastcall::float_arg(call.named[0], "when")?;
+    Ok(this.get().call_at(py, when, call.named[1], call.rest, call.context)?.into_ptr())
+});
