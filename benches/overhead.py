@@ -29,6 +29,7 @@ than in real time).
 import argparse
 import json
 import os
+import re
 import select
 import socket
 import statistics
@@ -200,6 +201,38 @@ def loop_thread_ir(path):
     return inclusive("__pymethod__run_forever_inner__ [") - inclusive(">::publish [")
 
 
+def echo_instructions(args, loadgen, spec_text_, workdir, seconds=6.0, warmup=3.0):
+    """Instructions per request of the protocol echo server run under callgrind
+    (every thread), counted over the load generator's measured window: the
+    counters are zeroed when its warm-up ends and dumped when it stops. Returns
+    (all threads, loop thread less sample and table publishing), per request."""
+    out = Path(workdir) / f"callgrind.echo.{abs(hash(spec_text_))}.out"
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", args.python,
+         str(net_compare.SERVERS / "protocol_echo.py"), "--loop", spec_text_, "--addr", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=net_compare.SERVERS,
+        env={**os.environ, "PYTHONHASHSEED": "0"})
+    try:
+        address = net_compare.read_line(server, 300)
+        if address is None:
+            raise RuntimeError(f"echo server under callgrind did not start ({spec_text_})")
+        lg = subprocess.Popen([str(loadgen), "--addr", address, "--conns", str(args.conns), "--size", str(args.size),
+                               "--duration", str(seconds), "--warmup", str(warmup), "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        time.sleep(warmup)
+        subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True)
+        time.sleep(seconds)
+        subprocess.run(["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True)
+        result = json.loads([line for line in lg.communicate(timeout=120)[0].splitlines() if line.startswith("{")][-1])
+    finally:
+        net_compare.stop(server)
+    dumps = sorted(Path(workdir).glob(out.name + ".*"), key=lambda f: f.stat().st_mtime)
+    if not dumps or not result.get("requests"):
+        raise RuntimeError(f"no callgrind dump or no requests ({spec_text_})")
+    total = int(re.search(r"^(?:summary|totals): (\d+)", dumps[-1].read_text(), re.MULTILINE).group(1))
+    return total / result["requests"], loop_thread_ir(dumps[-1]) / result["requests"]
+
+
 # ---------------------------------------------------------------- summary
 
 def med(values):
@@ -348,6 +381,20 @@ def main(argv=None):
                 lines.append(f"| {mode} − record=false | {per[mode] - per[OFF]:+,.0f} "
                              f"({100 * (per[mode] / per[OFF] - 1):+.1f}%) | {hot[mode] - hot[OFF]:+,.0f} "
                              f"({100 * (hot[mode] / hot[OFF] - 1):+.1f}%) |")
+            if not args.no_echo:
+                lines += ["", f"| echo protocol {net_compare.size_name(args.size)} ×{args.conns}, server under callgrind "
+                          "| instructions per request | of which the loop thread, sample and table publishing left out |",
+                          "|---|---:|---:|"]
+                echo_ir = {}
+                for mode, text in ((INSPECTED, "glassloop:new_event_loop?inspect=127.0.0.1:0"),
+                                   ("recording, not inspected", "glassloop:new_event_loop"),
+                                   (OFF, "glassloop:new_event_loop?record=false")):
+                    echo_ir[mode] = echo_instructions(args, loadgen, text, workdir)
+                    lines.append(f"| {mode} | {echo_ir[mode][0]:,.0f} | {echo_ir[mode][1]:,.0f} |")
+                for mode in (INSPECTED, "recording, not inspected"):
+                    (a, b), (c, d) = echo_ir[mode], echo_ir[OFF]
+                    lines.append(f"| {mode} − record=false | {a - c:+,.0f} ({100 * (a / c - 1):+.1f}%) "
+                                 f"| {b - d:+,.0f} ({100 * (b / d - 1):+.1f}%) |")
             lines.append("")
             lines.append("Under callgrind the process runs ~50× slower, so the inspected run cuts ~50× more "
                          "samples per callback than in real time (each cut walks the cumulative histograms, "
