@@ -830,21 +830,20 @@ impl StreamTransport {
         // Exactly bytes (what data_received hands out, so every echo): immutable
         // storage that lives as long as `data`, so no buffer export (and no
         // allocation for its view) is needed.
-        if let Ok(bytes) = data.cast_exact::<PyBytes>() {
-            let bytes = bytes.as_bytes();
-            Self::check_writable(slf)?;
-            if bytes.is_empty() || !Self::write_allowed(slf)? {
-                return Ok(());
+        let export;
+        let bytes = match data.cast_exact::<PyBytes>() {
+            Ok(b) => b.as_bytes(),
+            Err(_) => {
+                export = Self::check_bytes_like(data)?;
+                export.as_slice()
             }
-            return Self::send_or_buffer(slf, &[bytes]);
-        }
-        let buf = Self::check_bytes_like(data)?;
+        };
         Self::check_writable(slf)?;
         // As in asyncio: empty writes return before the connection-lost accounting.
-        if buf.len() == 0 || !Self::write_allowed(slf)? {
+        if bytes.is_empty() || !Self::write_allowed(slf)? {
             return Ok(());
         }
-        Self::send_or_buffer(slf, &[buf.as_slice()])
+        Self::send_or_buffer(slf, &[bytes])
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
