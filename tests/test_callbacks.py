@@ -458,6 +458,57 @@ def test_loop_releases_callbacks_after_running(loop):
     assert ref() is None, "the loop kept references to callbacks it ran"
 
 
+def test_pending_callback_cycle_freed_when_loop_closes(loop_factory):
+    """payload -> handle -> callback args -> payload, with the handle still in the
+    ready queue: once close() lets go of the queue, the cycle is garbage."""
+    lp = loop_factory()
+    payload = Payload()
+    ref = weakref.ref(payload)
+    payload.handle = lp.call_soon(named_callback, payload)
+    del payload
+    gc.collect()
+    assert ref() is not None  # the loop holds it while scheduled
+    lp.close()
+    gc.collect()
+    assert ref() is None, "a pending handle held elsewhere leaked after close()"
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.parametrize("threadsafe", [False, True])
+def test_unclosed_loop_with_pending_callbacks_is_collected(loop_factory, threadsafe):
+    """loop -> ready queue -> handle -> callback (a bound method of an object that
+    holds the loop): an unclosed loop dropped with callbacks still pending is
+    freed by the collector, callbacks and all."""
+    lp = loop_factory()
+
+    class Owner:
+        def __init__(self, lp):
+            self.lp = lp
+
+        def method(self):
+            pass
+
+    owner = Owner(lp)
+    owner_ref, loop_ref = weakref.ref(owner), weakref.ref(lp)
+    schedule = lp.call_soon_threadsafe if threadsafe else lp.call_soon
+    for _ in range(3):
+        schedule(owner.method)
+    schedule(named_callback, owner)
+    del owner, lp, schedule
+    gc.collect()
+    assert owner_ref() is None and loop_ref() is None
+
+
+def test_many_pending_callbacks_keep_their_arguments(loop):
+    """Arguments of callbacks waiting in the queue survive collections."""
+    got = []
+    for i in range(5000):
+        loop.call_soon(got.append, [i])
+    gc.collect()
+    run_one_iteration(loop)
+    assert got == [[i] for i in range(5000)]
+
+
 def test_call_soon_rejects_unknown_keyword(loop):
     with pytest.raises(TypeError):
         loop.call_soon(named_callback, x=1)

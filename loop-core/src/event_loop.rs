@@ -10,7 +10,7 @@
 use crate::clock;
 use crate::gil_cell::GilCell;
 use crate::fastcall;
-use crate::handles::{check_callback, Args, Handle, Ready, TimerHandle};
+use crate::handles::{self, check_callback, Args, Handle, Ready, TimerHandle};
 use crate::servers::{ServerEntry, Servers};
 use crate::sites::{self, SiteOwner, Sites};
 use crate::slow::{SlowCallback, SlowLog};
@@ -192,6 +192,7 @@ impl LoopCore {
 
     fn schedule<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, Handle>> {
         let handle = Bound::new(py, handle)?;
+        handles::untrack_pending(&handle);
         let queued = handle.clone().unbind();
         self.state.with(py, |s| {
             let queued_ns = s.now_ns;
@@ -250,6 +251,7 @@ impl LoopCore {
         }
         let args = Args::from_slice(py, args)?;
         let handle = Bound::new(py, Handle::with_args(py, callback.to_owned(), args, context.map(|c| c.to_owned()), self.is_debug())?)?;
+        handles::untrack_pending(&handle);
         let queued = handle.clone().unbind();
         // Another thread: the loop's cached "now" may be a whole poll old.
         let queued_ns = clock::now_ns();
@@ -459,8 +461,8 @@ impl LoopCore {
                 }
             };
             // Bound: dropped with a plain decref (a Py checks the thread's attach count first).
-            let handle = handle.into_bound(py);
-            let h = handle.get();
+            let handle = handles::Taken(handle.into_bound(py));
+            let h = handle.0.get();
             if h.is_cancelled() {
                 continue;
             }
@@ -533,10 +535,10 @@ impl LoopCore {
                 self.after_task_step(py, t, &func);
             }
             if let Err(err) = result {
-                self.report_callback_error(py, loop_obj, &handle, err)?;
+                self.report_callback_error(py, loop_obj, &handle.0, err)?;
             }
             if debug && is_slow {
-                let text = stdlib::format_handle(py)?.call1((&handle,))?;
+                let text = stdlib::format_handle(py)?.call1((&handle.0,))?;
                 stdlib::asyncio_logger(py)?.call_method1(
                     "warning",
                     ("Executing %s took %.3f seconds", text, clock::ns_to_secs(took)),
@@ -750,7 +752,7 @@ impl LoopCore {
             .try_peek(|s| {
                 for r in &s.ready {
                     match r {
-                        Ready::Call { handle, .. } => visit.call(handle)?,
+                        Ready::Call { handle, .. } => handles::visit_pending(handle, &visit)?,
                         Ready::Io { transport, .. } => visit.call(transport.as_any())?,
                         Ready::Sock { .. } => {}
                     }
@@ -1271,7 +1273,12 @@ impl LoopCore {
             s.watchers.clear(&self.registry, &mut handles, &mut transports);
             (std::mem::take(&mut s.ready), s.tasks.clear())
         });
-        drop((ready, timers, handles, transports, task_entries));
+        for entry in ready {
+            if let Ready::Call { handle, .. } = entry {
+                drop(handles::Taken(handle.into_bound(py)));
+            }
+        }
+        drop((timers, handles, transports, task_entries));
     }
 
     /// Registers a Rust transport's fd for the transport's life.

@@ -224,6 +224,18 @@ impl Handle {
         true
     }
 
+    /// The collector's visit of what the handle references.
+    fn visit_contents(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        self.callback
+            .try_peek(|cb| match cb {
+                Some(cb) => visit.call(&cb.func).and_then(|_| cb.args.traverse(visit)),
+                None => Ok(()),
+            })
+            .unwrap_or(Ok(()))?;
+        visit.call(&self.context)?;
+        visit.call(&self.source_traceback)
+    }
+
     pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
     }
@@ -292,14 +304,7 @@ impl Handle {
     // A handle's callback is often a bound method of an object that references the
     // handle back (a transport, the loop): let the garbage collector see through it.
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        self.callback
-            .try_peek(|cb| match cb {
-                Some(cb) => visit.call(&cb.func).and_then(|_| cb.args.traverse(&visit)),
-                None => Ok(()),
-            })
-            .unwrap_or(Ok(()))?;
-        visit.call(&self.context)?;
-        visit.call(&self.source_traceback)
+        self.visit_contents(&visit)
     }
 
     fn __clear__(&self) {
@@ -464,6 +469,59 @@ fn same_timer(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
     let py = a.py();
     Ok(eq(cb_a.map(|c| c.into_bound(py)), cb_b.map(|c| c.into_bound(py)))?
         && eq(args_a.map(|c| c.into_bound(py).into_any()), args_b.map(|c| c.into_bound(py).into_any()))?)
+}
+
+// A `call_soon` handle is kept out of the collector's lists while it waits in the
+// ready queue. A burst of a million callbacks would otherwise put a million
+// objects in every collection's walk for nothing: while the loop holds a handle it
+// is reachable, so a collection can never free it. The loop visits what such a
+// handle references as its own when it is the handle's only owner (refcount 1;
+// see `visit_pending`), so an unclosed loop dropped in a cycle with its pending
+// callbacks is still collected. When the loop lets go of a handle someone else
+// still holds, the handle is tracked again (`release`), as asyncio's always is.
+
+/// Takes a handle the loop just queued out of the collector's lists.
+#[inline]
+pub fn untrack_pending(handle: &Bound<'_, Handle>) {
+    // SAFETY: GIL held; a live instance of a GC type, tracked since its allocation.
+    unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) }
+}
+
+/// A handle the loop took off its ready queue. Dropping it drops the loop's
+/// reference, and a handle still held elsewhere goes back under the collector's
+/// watch.
+pub struct Taken<'py>(pub Bound<'py, Handle>);
+
+impl Drop for Taken<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let ptr = self.0.as_ptr();
+        // SAFETY: GIL held (a Bound), live object. Tracking an object twice is a
+        // fatal error, hence the check: timers were never untracked.
+        unsafe {
+            if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
+                ffi::PyObject_GC_Track(ptr.cast());
+            }
+        }
+    }
+}
+
+/// The loop's visit of a handle in its ready queue: the handle itself if the
+/// collector tracks it, else its contents when the loop is its only owner.
+pub fn visit_pending(handle: &Py<Handle>, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+    let ptr = handle.as_ptr();
+    // SAFETY: the collector runs with the GIL held and no Python code runs while
+    // it traverses, so the reference count is stable.
+    let (tracked, refcnt) = unsafe { (ffi::PyObject_GC_IsTracked(ptr) != 0, ffi::Py_REFCNT(ptr)) };
+    if tracked {
+        visit.call(handle)
+    } else if refcnt == 1 {
+        // SAFETY: GIL held (see above); `get` reads the frozen Rust value.
+        unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), ptr).cast_unchecked::<Handle>() }.get().visit_contents(visit)
+    } else {
+        // Held elsewhere too: its contents are reachable from that holder.
+        Ok(())
+    }
 }
 
 /// The garbage collector's visit of a `Handle` or `TimerHandle` (installed by
