@@ -90,22 +90,19 @@ def _server_detach(server: Any, transport: Any) -> None:
         server._detach()
 
 
-class StreamTransport(asyncio.transports._FlowControlMixin):
-    """A TCP or Unix stream transport whose data path is in Rust.
+class _CoreFacade:
+    """What the two Rust-backed transports share: the Python object asyncio sees
+    in front of a Rust core. The core's methods are bound into the instance, so a
+    call costs no Python frame; the attributes asyncio's own code reads on its
+    transports are the core's."""
 
-    A real `asyncio.Transport` (a `_FlowControlMixin`, as asyncio's own socket
-    transports are, which `loop.sendfile()`'s fallback requires); its methods are
-    the Rust core's own, bound into the instance so a call costs no Python frame.
-    """
+    _core_name = ""
+    _core_methods: tuple[str, ...] = ()
 
-    _sendfile_compatible = asyncio.constants._SendfileMode.TRY_NATIVE
-    _start_tls_compatible = True
-
-    def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, extra: dict | None, server: Any) -> None:
-        core = _core.StreamTransportCore(loop, sock, protocol, extra, server)
+    def _bind_core(self, loop: Loop, core: Any) -> None:
         self._core = core
         self._loop = loop
-        for name in _CORE_METHODS:
+        for name in self._core_methods:
             setattr(self, name, getattr(core, name))
         core._set_facade(self)
 
@@ -126,7 +123,7 @@ class StreamTransport(asyncio.transports._FlowControlMixin):
         return self._core._sock_fd
 
     def __repr__(self) -> str:
-        return repr(self._core).replace("StreamTransport", type(self).__name__, 1)
+        return repr(self._core).replace(self._core_name, type(self).__name__, 1)
 
     def __del__(self, _warn=warnings.warn) -> None:
         # As asyncio's transports: a transport dropped while open warns and closes its socket.
@@ -137,72 +134,54 @@ class StreamTransport(asyncio.transports._FlowControlMixin):
             sock.close()
 
 
-_CORE_METHODS = (
-    "write", "writelines", "write_eof", "can_write_eof", "abort", "close", "is_closing",
-    "pause_reading", "resume_reading", "is_reading", "get_write_buffer_size",
-    "get_write_buffer_limits", "set_write_buffer_limits", "set_protocol", "get_protocol",
-    "get_extra_info", "_start_reading", "_call_connection_lost",
-    "_make_empty_waiter", "_reset_empty_waiter", "_wait_writable", "_force_close",
-)
+class StreamTransport(_CoreFacade, asyncio.transports._FlowControlMixin):
+    """A TCP or Unix stream transport whose data path is in Rust.
+
+    A real `asyncio.Transport` (a `_FlowControlMixin`, as asyncio's own socket
+    transports are, which `loop.sendfile()`'s fallback requires).
+    """
+
+    _sendfile_compatible = asyncio.constants._SendfileMode.TRY_NATIVE
+    _start_tls_compatible = True
+    _core_name = "StreamTransport"
+    _core_methods = (
+        "write", "writelines", "write_eof", "can_write_eof", "abort", "close", "is_closing",
+        "pause_reading", "resume_reading", "is_reading", "get_write_buffer_size",
+        "get_write_buffer_limits", "set_write_buffer_limits", "set_protocol", "get_protocol",
+        "get_extra_info", "_start_reading", "_call_connection_lost",
+        "_make_empty_waiter", "_reset_empty_waiter", "_wait_writable", "_force_close",
+    )
+
+    def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, extra: dict | None, server: Any) -> None:
+        self._bind_core(loop, _core.StreamTransportCore(loop, sock, protocol, extra, server))
 
 
-class DatagramTransport(asyncio.transports._FlowControlMixin, asyncio.DatagramTransport):
+class DatagramTransport(_CoreFacade, asyncio.transports._FlowControlMixin, asyncio.DatagramTransport):
     """A UDP or Unix datagram endpoint whose data path is in Rust.
 
     A real `asyncio.DatagramTransport`, and an `asyncio.Transport` with flow
     control as asyncio's own endpoint is (reading can be paused and resumed, the
-    write buffer has water marks). Its methods are the Rust core's own, bound
-    into the instance so a call costs no Python frame.
+    write buffer has water marks).
     """
 
+    _core_name = "DatagramTransport"
+    _core_methods = (
+        "sendto", "abort", "close", "is_closing", "pause_reading", "resume_reading", "is_reading",
+        "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
+        "set_protocol", "get_protocol", "get_extra_info", "_start_reading", "_call_connection_lost",
+        "_force_close",
+    )
+
     def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, address: Any, extra: dict | None) -> None:
-        core = _core.DatagramTransportCore(loop, sock, protocol, address, extra)
-        self._core = core
-        self._loop = loop
-        for name in _DATAGRAM_CORE_METHODS:
-            setattr(self, name, getattr(core, name))
-        core._set_facade(self)
-
-    @property
-    def _protocol_paused(self) -> bool:
-        return self._core._protocol_paused
-
-    @property
-    def _extra(self) -> dict:
-        return self._core._extra
-
-    @property
-    def _sock(self) -> socket.socket | None:
-        return self._core._sock
-
-    @property
-    def _sock_fd(self) -> int:
-        return self._core._sock_fd
+        self._bind_core(loop, _core.DatagramTransportCore(loop, sock, protocol, address, extra))
 
     @property
     def _address(self) -> Any:
         return self._core._address
 
-    def __repr__(self) -> str:
-        return repr(self._core).replace("DatagramTransport", type(self).__name__, 1)
-
-    def __del__(self, _warn=warnings.warn) -> None:
-        # As asyncio's transports: a transport dropped while open warns and closes its socket.
-        core = self.__dict__.get("_core")
-        sock = core._sock if core is not None else None
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
-
-
-_DATAGRAM_CORE_METHODS = (
-    "sendto", "abort", "close", "is_closing", "pause_reading", "resume_reading", "is_reading",
-    "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
-    "set_protocol", "get_protocol", "get_extra_info", "_start_reading", "_call_connection_lost",
-    "_force_close",
-)
 
 _DATAGRAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+
 
 def _address_text(name: Any) -> str:
     """A listening socket's name as the server table shows it."""
