@@ -7,7 +7,6 @@ signed by it, and an unrelated CA that the server's chain does not lead to.
 """
 
 import asyncio
-import datetime
 import hashlib
 import os
 import shutil
@@ -21,74 +20,12 @@ import pytest
 
 from loopsupport import PY311, exc_signature, run_on_asyncio
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-import ipaddress
+from certsupport import local_sans, make_ca, make_leaf, write_pem
 
 
 # ---------------------------------------------------------------------------
 # Certificates
 # ---------------------------------------------------------------------------
-
-def _name(cn):
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "glassloop tests")])
-
-
-def _make_ca(cn):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn)).issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True,
-            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _make_leaf(ca_key, ca_cert, cn, sans, client=False):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn)).issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(
-            [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client
-             else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return key, builder.sign(ca_key, hashes.SHA256())
-
-
-def _write_pem(path, cert=None, key=None):
-    with open(path, "wb") as f:
-        if cert is not None:
-            f.write(cert.public_bytes(serialization.Encoding.PEM))
-        if key is not None:
-            f.write(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-
 
 class Certs:
     pass
@@ -97,21 +34,20 @@ class Certs:
 @pytest.fixture(scope="module")
 def certs():
     d = tempfile.mkdtemp(prefix="gl-tls-")
-    ca_key, ca_cert = _make_ca("glassloop test CA")
-    other_key, other_cert = _make_ca("some other CA")
-    srv_key, srv_cert = _make_leaf(ca_key, ca_cert, "localhost", [
-        x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cli_key, cli_cert = _make_leaf(ca_key, ca_cert, "glassloop client", None, client=True)
+    ca_key, ca_cert = make_ca("glassloop test CA")
+    other_key, other_cert = make_ca("some other CA")
+    srv_key, srv_cert = make_leaf(ca_key, ca_cert, "localhost", local_sans())
+    cli_key, cli_cert = make_leaf(ca_key, ca_cert, "glassloop client", client=True)
     c = Certs()
     c.dir = d
     c.ca = os.path.join(d, "ca.pem")
     c.other_ca = os.path.join(d, "other-ca.pem")
     c.server = os.path.join(d, "server.pem")
     c.client = os.path.join(d, "client.pem")
-    _write_pem(c.ca, ca_cert)
-    _write_pem(c.other_ca, other_cert)
-    _write_pem(c.server, srv_cert, srv_key)
-    _write_pem(c.client, cli_cert, cli_key)
+    write_pem(c.ca, ca_cert)
+    write_pem(c.other_ca, other_cert)
+    write_pem(c.server, srv_cert, srv_key)
+    write_pem(c.client, cli_cert, cli_key)
     try:
         yield c
     finally:
