@@ -18,7 +18,7 @@
 //! over this transport: ciphertext is received straight into its buffer.
 
 use super::write_buffer::WriteBuffer;
-use super::TransportStats;
+use super::{IoSite, TransportStats};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::with_context;
@@ -136,6 +136,7 @@ struct Inner {
 #[pyclass(frozen, weakref, module = "glassloop._core", name = "StreamTransportCore")]
 pub struct StreamTransport {
     fd: RawFd,
+    pub(super) io_site: IoSite,
     context: Py<PyAny>,
     extra: Py<PyDict>,
     inner: GilCell<Inner>,
@@ -734,6 +735,7 @@ impl StreamTransport {
         let buffered = protocol.is_instance(stdlib::buffered_protocol(py)?)?;
         let tls = buffered && protocol.is_instance(stdlib::ssl_protocol(py)?)?;
         let old = self.inner.with(py, |i| i.protocol.replace(Protocol { obj: protocol.clone().unbind(), buffered, tls }));
+        self.io_site.forget();
         drop(old);
         Ok(())
     }
@@ -775,6 +777,7 @@ impl StreamTransport {
         }
         let transport = StreamTransport {
             fd,
+            io_site: IoSite::default(),
             context: crate::handles::copy_current_context(py)?,
             extra: extra.unbind(),
             inner: GilCell::new(Inner {
