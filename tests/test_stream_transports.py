@@ -1880,3 +1880,69 @@ def test_close_inside_connection_made(loop, run, kind, how):
     assert bytes(pr.data) == b""
     assert got == b"bye"  # it went to the kernel before close()/abort()
     assert pr.errors == []
+
+
+class Keeper(Recorder):
+    """Keeps some of the bytes objects data_received gets (the objects
+    themselves, or a memoryview of them) and drops the rest after hashing them;
+    acks every ``size`` bytes so that the peer sends one message at a time."""
+
+    def __init__(self, loop, size):
+        super().__init__(loop)
+        self.size = size
+        self.kept = []  # (offset, object or memoryview)
+        self.hash_errors = []
+        self.calls = 0
+
+    def data_received(self, data):
+        offset = len(self.data)
+        super().data_received(data)
+        self.calls += 1
+        if self.calls % 3 == 0:
+            self.kept.append((offset, data))
+        elif self.calls % 3 == 1:
+            self.kept.append((offset, memoryview(data)))
+        # A cached hash must be the hash of these bytes, not of an earlier read's.
+        if hash(data) != hash(bytes(bytearray(data))):
+            self.hash_errors.append(offset)
+        {data: None}  # hashes it (and caches the hash) via a dict too
+        acks = (offset + len(data)) // self.size - offset // self.size
+        if acks:
+            self.transport.write(b"k" * acks)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_received_bytes_are_never_rewritten(loop, run, kind):
+    # Equal-size reads, one message per round trip: each data_received object
+    # the protocol kept, or holds a view of, still has the bytes it was given,
+    # and a hash Python cached for an object is never one of another read.
+    size, count = 1024, 200
+    rng = random.Random(7)
+    messages = [rng.randbytes(size) for _ in range(count)]
+
+    async def main():
+        tr, pr, peer = await connected_to_plain_peer(loop, kind, lambda: Keeper(loop, size))
+
+        def drive():
+            for m in messages:
+                peer.sendall(m)
+                got = b""
+                while not got:
+                    got = peer.recv(1)
+            peer.shutdown(socket.SHUT_WR)
+
+        try:
+            await loop.run_in_executor(None, drive)
+            await asyncio.wait_for(pr.eof, 10)
+        finally:
+            tr.close()
+            peer.close()
+        return pr
+
+    pr = run(main())
+    sent = b"".join(messages)
+    assert bytes(pr.data) == sent
+    assert pr.errors == [] and pr.hash_errors == []
+    assert len(pr.kept) >= count // 2
+    for offset, obj in pr.kept:
+        assert bytes(obj) == sent[offset:offset + len(obj)]

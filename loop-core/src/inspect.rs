@@ -154,10 +154,28 @@ impl LoopCore {
 
     /// The heartbeat's site for a Rust transport's I/O: its protocol's class, named
     /// after the method the data goes to the first time the loop meets the class.
+    /// The transport keeps it (until its protocol is replaced): an event costs a load.
+    #[inline]
     pub(crate) fn io_site(&self, py: Python<'_>, transport: &crate::transports::Transport) -> u64 {
+        match transport.io_site().get() {
+            0 => self.find_io_site(py, transport),
+            site => site,
+        }
+    }
+
+    #[cold]
+    fn find_io_site(&self, py: Python<'_>, transport: &crate::transports::Transport) -> u64 {
         let Some((class, method)) = transport.protocol_class(py) else { return 0 };
         let addr = class.as_ptr() as usize;
-        let known = self.state.with(py, |s| s.link.as_ref().is_none_or(|l| l.named_io.contains(&addr) || l.named_io.len() >= MAX_NAMED_IO));
+        let (linked, known) = self.state.with(py, |s| match s.link.as_ref() {
+            Some(l) => (true, l.named_io.contains(&addr) || l.named_io.len() >= MAX_NAMED_IO),
+            None => (false, true),
+        });
+        // Kept only once the hub has the name (or was refused it for good), so that
+        // the class is named whichever of its transports the loop meets first.
+        if linked {
+            transport.io_site().set(addr as u64);
+        }
         if !known {
             let label = match class.getattr(method) {
                 Ok(f) => match sites::site_of(&f) {

@@ -13,6 +13,7 @@ mod servers;
 mod sites;
 mod slow;
 mod sock;
+mod spare_bytes;
 mod tasks;
 mod stdlib;
 mod timers;

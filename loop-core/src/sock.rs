@@ -20,6 +20,7 @@
 
 use crate::event_loop::LoopCore;
 use crate::reactor::{Side, Waiter};
+use crate::spare_bytes::SpareBytes;
 use crate::transports::stream::RawBuffer;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -148,26 +149,7 @@ thread_local! {
     /// The bytes object of a large read that found nothing (EAGAIN), kept for the
     /// next one: an echo's recv right after its send mostly finds nothing, and
     /// freeing its 64 KiB each time makes malloc trim the heap and fault it back in.
-    static SPARE: std::cell::Cell<Option<Py<PyAny>>> = const { std::cell::Cell::new(None) };
-}
-
-/// A bytes object of `n` uninitialized bytes that only we reference: the spare if its size fits, else a new one.
-fn read_buffer(py: Python<'_>, n: usize) -> PyResult<*mut ffi::PyObject> {
-    if let Some(spare) = SPARE.take() {
-        let obj = spare.into_ptr();
-        // SAFETY: the spare is a bytes object nothing but SPARE ever referenced.
-        if unsafe { ffi::PyBytes_Size(obj) } as usize == n {
-            return Ok(obj);
-        }
-        // SAFETY: our reference.
-        unsafe { ffi::Py_DECREF(obj) };
-    }
-    // SAFETY: a NULL source makes an uninitialized bytes object of `n` bytes that we own.
-    let obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t) };
-    if obj.is_null() {
-        return Err(PyErr::fetch(py));
-    }
-    Ok(obj)
+    static SPARE: SpareBytes = const { SpareBytes::new() };
 }
 
 /// Whether a read of at most `n` bytes goes into a bytes object of size `n`
@@ -196,7 +178,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
         }
     }
     // As socket.recv: a bytes object of the full size, filled, then shrunk to what came.
-    let mut obj = read_buffer(py, n)?;
+    let mut obj = SPARE.with(|spare| spare.take(py, n))?.into_ptr();
     // SAFETY: `obj` is a bytes object with `n` writable bytes; nothing else sees it yet.
     let got = syscall(py, || unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), n, 0) });
     match got {
@@ -212,7 +194,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
         }
         Ok(None) => {
             // SAFETY: our reference, unused: it is the spare now.
-            SPARE.set(Some(unsafe { Bound::from_owned_ptr(py, obj) }.unbind()));
+            SPARE.with(|spare| spare.keep(unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked() }));
             Ok(None)
         }
         Err(e) => {

@@ -17,7 +17,7 @@
 //! it does when asyncio runs the transport's reader from a loop handle.
 
 use super::stream::{is_fatal_signal, RawBuffer, StreamTransport, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES, READ_BUFFER};
-use super::TransportStats;
+use super::{IoSite, TransportStats};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::with_context;
@@ -303,6 +303,7 @@ impl Inner {
 #[pyclass(frozen, weakref, module = "glassloop._core", name = "DatagramTransportCore")]
 pub struct DatagramTransport {
     fd: RawFd,
+    pub(super) io_site: IoSite,
     family: i32,
     context: Py<PyAny>,
     extra: Py<PyDict>,
@@ -871,6 +872,7 @@ impl DatagramTransport {
         let v313 = py.version_info() >= (3, 13);
         let transport = DatagramTransport {
             fd,
+            io_site: IoSite::default(),
             family,
             context: crate::handles::copy_current_context(py)?,
             extra: extra.unbind(),
@@ -1116,6 +1118,7 @@ impl DatagramTransport {
 
     fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
         let old = self.inner.with(py, |i| i.protocol.replace(protocol));
+        self.io_site.forget();
         drop(old);
     }
 

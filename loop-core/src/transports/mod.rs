@@ -10,6 +10,7 @@ pub use stream::StreamTransport;
 
 use mio::Interest;
 use pyo3::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters for the transport table.
 #[derive(Default, Clone, Copy)]
@@ -19,6 +20,27 @@ pub struct TransportStats {
     pub calls_in: u64,
     pub calls_out: u64,
     pub high_water: usize,
+}
+
+/// The heartbeat's site for a transport's I/O (see `LoopCore::io_site`), kept by
+/// the transport so an inspected loop names each event with one load; 0 until the
+/// loop first meets it, and again once the protocol is replaced.
+#[derive(Default)]
+pub struct IoSite(AtomicU64);
+
+impl IoSite {
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, site: u64) {
+        self.0.store(site, Ordering::Relaxed);
+    }
+
+    pub fn forget(&self) {
+        self.set(0);
+    }
 }
 
 /// A Rust transport the reactor owns an fd for.
@@ -79,6 +101,14 @@ impl Transport {
         match self {
             Transport::Stream(t) => t.get().claim_read(py),
             Transport::Datagram(_) => true,
+        }
+    }
+
+    #[inline]
+    pub fn io_site(&self) -> &IoSite {
+        match self {
+            Transport::Stream(t) => &t.get().io_site,
+            Transport::Datagram(t) => &t.get().io_site,
         }
     }
 

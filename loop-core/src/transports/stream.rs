@@ -18,10 +18,11 @@
 //! over this transport: ciphertext is received straight into its buffer.
 
 use super::write_buffer::WriteBuffer;
-use super::TransportStats;
+use super::{IoSite, TransportStats};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::with_context;
+use crate::spare_bytes::SpareBytes;
 use crate::stdlib;
 use pyo3::ffi;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError};
@@ -82,6 +83,10 @@ thread_local! {
     // Each loop thread reads into one buffer; data_received gets a bytes copy of
     // what was read, as with any socket.recv().
     pub(super) static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; MAX_READ]);
+    /// The bytes object data_received last had, if the protocol did not keep it
+    /// (an echo's write() that sent everything keeps none): the next read of its
+    /// size is copied into it rather than into a new one.
+    static DATA_SPARE: SpareBytes = const { SpareBytes::new() };
 }
 
 /// The protocol, and whether it is a BufferedProtocol (decided at set_protocol,
@@ -131,6 +136,7 @@ struct Inner {
 #[pyclass(frozen, weakref, module = "glassloop._core", name = "StreamTransportCore")]
 pub struct StreamTransport {
     fd: RawFd,
+    pub(super) io_site: IoSite,
     context: Py<PyAny>,
     extra: Py<PyDict>,
     inner: GilCell<Inner>,
@@ -399,13 +405,20 @@ impl StreamTransport {
 
     fn read_to_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<ReadOutcome> {
         let py = slf.py();
-        let read = READ_BUFFER.with(|buf| {
+        let (read, data) = READ_BUFFER.with(|buf| {
             let mut buf = buf.borrow_mut();
-            recv_retrying(slf.get().fd, buf.as_mut_ptr().cast(), buf.len()).map(|n| (n, PyBytes::new(py, &buf[..n])))
+            let read = recv_retrying(slf.get().fd, buf.as_mut_ptr().cast(), buf.len());
+            let data = match read {
+                Ok(n) if n > 0 => Some(DATA_SPARE.with(|spare| spare.copy_of(py, &buf[..n]))),
+                _ => None,
+            };
+            (read, data)
         });
-        let data = read.as_ref().ok().map(|(_, data)| data.clone());
-        Self::finish_read(slf, read.map(|(n, _)| n), MAX_READ, "data_received", || {
-            protocol.call_method1(pyo3::intern!(py, "data_received"), (data,)).map(drop)
+        Self::finish_read(slf, read, MAX_READ, "data_received", || {
+            let data = data.expect("delivered only after a successful read")?;
+            let called = protocol.call_method1(pyo3::intern!(py, "data_received"), (&data,)).map(drop);
+            DATA_SPARE.with(|spare| spare.keep(data));
+            called
         })
     }
 
@@ -722,6 +735,7 @@ impl StreamTransport {
         let buffered = protocol.is_instance(stdlib::buffered_protocol(py)?)?;
         let tls = buffered && protocol.is_instance(stdlib::ssl_protocol(py)?)?;
         let old = self.inner.with(py, |i| i.protocol.replace(Protocol { obj: protocol.clone().unbind(), buffered, tls }));
+        self.io_site.forget();
         drop(old);
         Ok(())
     }
@@ -763,6 +777,7 @@ impl StreamTransport {
         }
         let transport = StreamTransport {
             fd,
+            io_site: IoSite::default(),
             context: crate::handles::copy_current_context(py)?,
             extra: extra.unbind(),
             inner: GilCell::new(Inner {
