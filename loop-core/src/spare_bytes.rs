@@ -65,3 +65,17 @@ impl SpareBytes {
         }
     }
 }
+
+/// `obj`, which only the caller references, cut to its first `n` bytes.
+pub(crate) fn shrink(obj: Bound<'_, PyBytes>, n: usize) -> PyResult<Bound<'_, PyBytes>> {
+    let py = obj.py();
+    let mut ptr = obj.into_ptr();
+    // SAFETY: our reference is the only one, as _PyBytes_Resize requires; on
+    // failure CPython has freed the object and set the error.
+    unsafe {
+        if ffi::_PyBytes_Resize(&mut ptr, n as ffi::Py_ssize_t) != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(Bound::from_owned_ptr(py, ptr).cast_into_unchecked())
+    }
+}
