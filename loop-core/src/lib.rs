@@ -13,6 +13,7 @@ mod servers;
 mod sites;
 mod slow;
 mod sock;
+mod sys;
 mod spare_bytes;
 mod tasks;
 mod stdlib;

@@ -32,7 +32,7 @@ pub fn _read_pipe(py: Python<'_>, fd: RawFd, max_size: usize) -> PyResult<Option
         return Err(PyErr::fetch(py));
     }
     // SAFETY: `obj` is a fresh bytes object with `n` writable bytes; nothing else sees it yet.
-    let got = crate::sock::syscall(py, || unsafe { libc::read(fd, ffi::PyBytes_AsString(obj).cast(), n) });
+    let got = crate::sock::syscall(py, || unsafe { crate::sys::read(fd, ffi::PyBytes_AsString(obj).cast(), n) });
     match got {
         Ok(Some(got)) => {
             // SAFETY: we hold the only reference, as _PyBytes_Resize requires; on

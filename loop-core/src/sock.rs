@@ -167,7 +167,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
         let read = SCRATCH.with(|buf| {
             let mut buf = buf.try_borrow_mut().ok()?;
             // SAFETY: `buf` has SCRATCH_LEN >= n writable bytes.
-            let got = syscall(py, || unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), n, 0) });
+            let got = syscall(py, || unsafe { crate::sys::recv(fd, buf.as_mut_ptr().cast(), n, 0) });
             if let Ok(Some(got)) = got {
                 LAST_READ_LARGE.set(got > SMALL_READ);
             }
@@ -180,7 +180,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
     // As socket.recv: a bytes object of the full size, filled, then shrunk to what came.
     let mut obj = SPARE.with(|spare| spare.take(py, n))?.into_ptr();
     // SAFETY: `obj` is a bytes object with `n` writable bytes; nothing else sees it yet.
-    let got = syscall(py, || unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), n, 0) });
+    let got = syscall(py, || unsafe { crate::sys::recv(fd, ffi::PyBytes_AsString(obj).cast(), n, 0) });
     match got {
         Ok(Some(got)) => {
             LAST_READ_LARGE.set(got > SMALL_READ);
@@ -211,7 +211,7 @@ fn recv_into_buffer(py: Python<'_>, fd: RawFd, buf: &Bound<'_, PyAny>) -> PyResu
         PyTypeError::new_err(format!("recv_into() argument 1 must be read-write bytes-like object, not {name}"))
     })?;
     // SAFETY: the exported buffer is writable for `len` bytes until `view` drops.
-    syscall(py, || unsafe { libc::recv(fd, view.as_mut_ptr(), view.len(), 0) })
+    syscall(py, || unsafe { crate::sys::recv(fd, view.as_mut_ptr(), view.len(), 0) })
 }
 
 /// `send(2)` from `data[start..]` until all went or EAGAIN: `(sent so far, total)`.
@@ -222,7 +222,7 @@ fn send_from(py: Python<'_>, fd: RawFd, data: &Bound<'_, PyAny>, start: usize) -
     while sent < bytes.len() {
         let rest = &bytes[sent..];
         // SAFETY: `rest` is valid for its length; MSG_NOSIGNAL: a dead peer is EPIPE, not SIGPIPE.
-        match syscall(py, || unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) })? {
+        match syscall(py, || unsafe { crate::sys::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_NOSIGNAL) })? {
             Some(n) => sent += n,
             None => break,
         }
@@ -409,7 +409,7 @@ pub fn sendall(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>, data: &Bound<'
         let bytes = buf.as_slice();
         // One send, as asyncio's fast path, then wait for room.
         // SAFETY: `bytes` is valid for its length while `buf` lives.
-        let sent = syscall(py, || unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) })?.unwrap_or(0);
+        let sent = syscall(py, || unsafe { crate::sys::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) })?.unwrap_or(0);
         (sent, bytes.len())
     };
     if sent == total {

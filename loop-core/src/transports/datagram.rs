@@ -182,7 +182,7 @@ fn recv_datagram(fd: RawFd, buf: &mut [u8], from: &mut SockAddr) -> Result<usize
         from.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: `buf` and `from.storage` are valid for the lengths passed.
         let n = unsafe {
-            libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, (&mut from.storage as *mut libc::sockaddr_storage).cast(), &mut from.len)
+            crate::sys::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, (&mut from.storage as *mut libc::sockaddr_storage).cast(), &mut from.len)
         };
         if n >= 0 {
             return Ok(n as usize);
@@ -200,8 +200,8 @@ fn send_datagram(fd: RawFd, data: &[u8], to: Option<&SockAddr>) -> Result<(), i3
         // SAFETY: `data` and the address are valid for the lengths passed.
         let n = unsafe {
             match to {
-                Some(a) => libc::sendto(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL, a.as_ptr(), a.len),
-                None => libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL),
+                Some(a) => crate::sys::sendto(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL, a.as_ptr(), a.len),
+                None => crate::sys::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL),
             }
         };
         if n >= 0 {

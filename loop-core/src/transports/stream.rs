@@ -168,7 +168,7 @@ pub(super) fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
 fn recv_retrying(fd: RawFd, buf: *mut libc::c_void, len: usize) -> Result<usize, i32> {
     loop {
         // SAFETY: callers pass a buffer valid for `len` writable bytes.
-        let n = unsafe { libc::recv(fd, buf, len, 0) };
+        let n = unsafe { crate::sys::recv(fd, buf, len, 0) };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -184,7 +184,7 @@ fn send_all(fd: RawFd, mut data: &[u8]) -> Result<usize, i32> {
     let mut sent = 0;
     while !data.is_empty() {
         // SAFETY: `data` is a valid slice; MSG_NOSIGNAL so a dead peer is an error, not SIGPIPE.
-        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        let n = unsafe { crate::sys::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
         if n < 0 {
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
             match errno {
@@ -224,7 +224,7 @@ fn send_vectored(fd: RawFd, parts: &[&[u8]]) -> Result<usize, i32> {
             let mut msg: libc::msghdr = std::mem::zeroed();
             msg.msg_iov = iov.as_mut_ptr();
             msg.msg_iovlen = iov.len() as _;
-            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+            crate::sys::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
         };
         if n < 0 {
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
