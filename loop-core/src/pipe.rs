@@ -10,7 +10,7 @@
 //! read: no syscall but the read, no copy. (A fuller pipe is read again at the next
 //! iteration: the fd is level-triggered.)
 
-use pyo3::ffi;
+use crate::spare_bytes;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::os::unix::io::RawFd;
@@ -26,27 +26,11 @@ const READ_LEN: usize = 120 * 1024;
 #[pyfunction]
 pub fn _read_pipe(py: Python<'_>, fd: RawFd, max_size: usize) -> PyResult<Option<Bound<'_, PyBytes>>> {
     let n = max_size.min(READ_LEN);
-    // SAFETY: a NULL source makes an uninitialized bytes object of `n` bytes that we own.
-    let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t) };
-    if obj.is_null() {
-        return Err(PyErr::fetch(py));
-    }
-    // SAFETY: `obj` is a fresh bytes object with `n` writable bytes; nothing else sees it yet.
-    let got = crate::sock::syscall(py, || unsafe { crate::sys::read(fd, ffi::PyBytes_AsString(obj).cast(), n) });
-    match got {
-        Ok(Some(got)) => {
-            // SAFETY: we hold the only reference, as _PyBytes_Resize requires; on
-            // failure it has released the object and set the error.
-            if got != n && unsafe { ffi::_PyBytes_Resize(&mut obj, got as ffi::Py_ssize_t) } != 0 {
-                return Err(PyErr::fetch(py));
-            }
-            // SAFETY: `obj` is a new reference we own.
-            Ok(Some(unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked() }))
-        }
-        other => {
-            // SAFETY: our reference, unused.
-            unsafe { ffi::Py_DECREF(obj) };
-            other.map(|_| None)
-        }
+    let obj = spare_bytes::uninit(py, n)?;
+    // SAFETY: `obj` has `n` writable bytes; nothing else sees it yet.
+    match crate::sock::syscall(py, || unsafe { crate::sys::read(fd, spare_bytes::data_ptr(&obj), n) })? {
+        Some(got) if got != n => spare_bytes::shrink(obj, got).map(Some),
+        Some(_) => Ok(Some(obj)),
+        None => Ok(None),
     }
 }

@@ -178,29 +178,18 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
         }
     }
     // As socket.recv: a bytes object of the full size, filled, then shrunk to what came.
-    let mut obj = SPARE.with(|spare| spare.take(py, n))?.into_ptr();
-    // SAFETY: `obj` is a bytes object with `n` writable bytes; nothing else sees it yet.
-    let got = syscall(py, || unsafe { crate::sys::recv(fd, ffi::PyBytes_AsString(obj).cast(), n, 0) });
-    match got {
-        Ok(Some(got)) => {
+    let obj = SPARE.with(|spare| spare.take(py, n))?;
+    // SAFETY: `obj` has `n` writable bytes; nothing else sees it yet.
+    match syscall(py, || unsafe { crate::sys::recv(fd, crate::spare_bytes::data_ptr(&obj), n, 0) })? {
+        Some(got) => {
             LAST_READ_LARGE.set(got > SMALL_READ);
-            // SAFETY: we hold the only reference, as _PyBytes_Resize requires; on
-            // failure it has released the object and set the error.
-            if got != n && unsafe { ffi::_PyBytes_Resize(&mut obj, got as ffi::Py_ssize_t) } != 0 {
-                return Err(PyErr::fetch(py));
-            }
-            // SAFETY: `obj` is a new reference we own.
-            Ok(Some(unsafe { Bound::from_owned_ptr(py, obj) }.unbind()))
+            let obj = if got != n { crate::spare_bytes::shrink(obj, got)? } else { obj };
+            Ok(Some(obj.into_any().unbind()))
         }
-        Ok(None) => {
-            // SAFETY: our reference, unused: it is the spare now.
-            SPARE.with(|spare| spare.keep(unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked() }));
+        None => {
+            // Unused: it is the spare now.
+            SPARE.with(|spare| spare.keep(obj));
             Ok(None)
-        }
-        Err(e) => {
-            // SAFETY: our reference, unused.
-            unsafe { ffi::Py_DECREF(obj) };
-            Err(e)
         }
     }
 }

@@ -41,10 +41,7 @@ impl SpareBytes {
                 return Ok(spare);
             }
         }
-        // SAFETY: a NULL source makes an uninitialized bytes object of `n` bytes that we own.
-        let obj = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t)) }?;
-        // SAFETY: PyBytes_FromStringAndSize returns a bytes object.
-        Ok(unsafe { obj.cast_into_unchecked() })
+        uninit(py, n)
     }
 
     /// A bytes object holding a copy of `data` (as `PyBytes::new`), in the spare if it fits.
@@ -64,6 +61,22 @@ impl SpareBytes {
             self.0.set(Some(obj.unbind()));
         }
     }
+}
+
+/// A new bytes object of `n` bytes of unspecified content, to be written before
+/// anyone else sees it.
+pub(crate) fn uninit(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyBytes>> {
+    // SAFETY: a NULL source makes an uninitialized bytes object of `n` bytes that we own.
+    let obj = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as ffi::Py_ssize_t)) }?;
+    // SAFETY: PyBytes_FromStringAndSize returns a bytes object.
+    Ok(unsafe { obj.cast_into_unchecked() })
+}
+
+/// The writable bytes of `obj`, a bytes object only the caller references.
+#[inline]
+pub(crate) fn data_ptr(obj: &Bound<'_, PyBytes>) -> *mut libc::c_void {
+    // SAFETY: a live bytes object; its storage is writable by its only owner.
+    unsafe { ffi::PyBytes_AsString(obj.as_ptr()) }.cast()
 }
 
 /// `obj`, which only the caller references, cut to its first `n` bytes.

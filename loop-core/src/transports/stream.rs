@@ -425,7 +425,7 @@ impl StreamTransport {
         let want = (waiting as usize).min(MAX_READ);
         let data = DATA_SPARE.with(|spare| spare.take(py, want))?;
         // SAFETY: `data` has `want` writable bytes and only we reference it (SpareBytes::take).
-        let read = recv_retrying(fd, unsafe { ffi::PyBytes_AsString(data.as_ptr()) }.cast(), want);
+        let read = recv_retrying(fd, crate::spare_bytes::data_ptr(&data), want);
         let data = match read {
             Ok(n) if n > 0 && n < want => crate::spare_bytes::shrink(data, n)?,
             _ => data,
