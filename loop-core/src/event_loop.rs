@@ -467,11 +467,11 @@ impl LoopCore {
             let Some((func, args)) = h.callback_parts(py) else { continue };
             // Most callbacks are no task step: no state borrow for them here.
             let (task, task_site, task_slot) = match tasks::step_owner(&func) {
-                Some(candidate) => self.state.with(py, |s| match s.tasks.get(candidate) {
-                    Some(entry) => {
+                Some(candidate) => self.state.with(py, |s| match s.tasks.get_stepping(candidate) {
+                    Some((slot, entry)) => {
                         s.current_task = Some(entry.id);
                         let code = entry.code.as_ref().map(|c| c.as_ptr() as usize);
-                        (Some(candidate), code, code.and_then(|c| s.sites.slot(c)))
+                        (Some((candidate, slot)), code, code.and_then(|c| s.sites.slot(c)))
                     }
                     None => (None, None, None),
                 }),
@@ -485,7 +485,7 @@ impl LoopCore {
                 (Some(_), Some(addr)) => match task_slot {
                     Some(slot) => (Some(addr), slot),
                     None => {
-                        let code = self.state.with(py, |s| task.and_then(|t| s.tasks.code_of(t)).map(|c| c.clone_ref(py)));
+                        let code = self.state.with(py, |s| task.and_then(|(t, _)| s.tasks.code_of(t)).map(|c| c.clone_ref(py)));
                         (Some(addr), self.new_site(py, addr, code.map(SiteOwner::Code), &func))
                     }
                 },
@@ -518,8 +518,8 @@ impl LoopCore {
                 if result.is_err() {
                     s.recorder.exceptions += 1;
                 }
-                if let Some(t) = task {
-                    s.tasks.step(t, took, lag);
+                if let Some((t, slot)) = task {
+                    s.tasks.step(slot, t, took, lag);
                 }
                 if site_addr.is_some() {
                     s.sites.add(slot, took);
@@ -527,10 +527,10 @@ impl LoopCore {
             });
             let is_slow = took >= slow_ns;
             if is_slow {
-                self.record_slow(py, h, &func, task, took, debug)?;
+                self.record_slow(py, h, &func, task.map(|(t, _)| t), took, debug)?;
             }
-            if let Some(t) = task {
-                self.after_task_step(py, t, &func);
+            if let Some((t, slot)) = task {
+                self.after_task_step(py, t, slot, &func);
             }
             if let Err(err) = result {
                 self.report_callback_error(py, loop_obj, &handle, err)?;
@@ -573,8 +573,7 @@ impl LoopCore {
         coro: Option<&Bound<'_, PyAny>>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        // SAFETY: GIL held; PyWeakref_NewRef returns a new reference or NULL with an error set.
-        let weak = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))? }.unbind();
+        let weak = tasks::untracked_weakref(task)?;
         let coro = match coro {
             Some(c) => Some(c.clone()),
             None => task.call_method0(pyo3::intern!(py, "get_coro")).ok(),
@@ -591,28 +590,23 @@ impl LoopCore {
         let gone = self.state.with(py, |s| {
             let entry = TaskEntry {
                 id: s.tasks.next_id(),
-                weak,
                 code,
                 parent: s.current_task,
                 created_unix_ms,
-                finished_unix_ms: None,
-                state: TaskState::Pending,
-                exception_type: None,
-                name: None,
                 steps: 0,
                 busy_ns: 0,
                 longest_step_ns: 0,
                 last_delay_ns: 0,
                 app_span,
             };
-            s.tasks.insert(task.as_ptr() as usize, entry, py)
+            s.tasks.insert(task.as_ptr() as usize, weak, entry, py)
         });
         drop(gone);
         Ok(())
     }
 
     /// A task step just ran: if the task finished, move it to the finished list.
-    fn after_task_step(&self, py: Python<'_>, task_ptr: usize, func: &Bound<'_, PyAny>) {
+    fn after_task_step(&self, py: Python<'_>, task_ptr: usize, slot: tasks::Slot, func: &Bound<'_, PyAny>) {
         // SAFETY: `func` (the step callback) holds a reference to the task, so the
         // address is a live object for as long as `func` is.
         let task = unsafe { Bound::from_borrowed_ptr(py, task_ptr as *mut pyo3::ffi::PyObject) };
@@ -623,7 +617,7 @@ impl LoopCore {
         let (state, exc) = task_outcome(&task);
         let name = tasks::name_of(&task);
         let now_ms = unix_ms();
-        let dropped = self.state.with(py, |s| s.tasks.finish(task_ptr, state, exc, name, now_ms));
+        let dropped = self.state.with(py, |s| s.tasks.finish(slot, task_ptr, state, exc, name, now_ms));
         drop(dropped);
     }
 
@@ -759,7 +753,7 @@ impl LoopCore {
                 s.watchers.traverse(&visit)?;
                 s.servers.traverse(&visit)?;
                 visit.call(&self.tracked)?;
-                s.tasks.traverse(&visit)
+                Ok(())
             })
             .unwrap_or(Ok(()))
     }
