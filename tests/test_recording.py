@@ -448,6 +448,62 @@ def test_tasks_collected_while_pending_leave_the_table(new_loop):
     assert loop.stats()["tasks_live"] == 0
 
 
+def test_a_task_before_its_first_step_is_listed_with_the_task_object(new_loop):
+    loop = new_loop()
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        task = lp.create_task(stepper(2), name="queued")
+        (row,) = [r for r in lp.tasks(include_finished=False) if r["name"] == "queued"]
+        await task
+        return task, row
+
+    task, row = loop.run_until_complete(main())
+    assert row["task"] is task
+    assert (row["state"], row["steps"], row["finished_unix_ms"]) == ("pending", 0, None), row
+    (done,) = [r for r in loop.tasks() if r["name"] == "queued"]
+    assert (done["state"], done["steps"]) == ("done", 3), done
+
+
+def test_the_table_does_not_keep_a_task_alive(new_loop):
+    import gc
+    import weakref
+    loop = new_loop()
+    loop.set_exception_handler(lambda lp, ctx: None)  # "destroyed but it is pending"
+
+    async def make():
+        lp = asyncio.get_running_loop()
+        task = lp.create_task(outer_parked(lp.create_future()), name="parked")
+        await asyncio.sleep(0)  # its first step ran: it waits on a future nothing holds
+        return weakref.ref(task)
+
+    ref = loop.run_until_complete(make())
+    gc.collect()
+    assert ref() is None
+    assert [r for r in loop.tasks(include_finished=False) if r["name"] == "parked"] == []
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
+@pytest.mark.parametrize("how", ["close", "collect"])
+def test_a_task_that_never_ran_goes_with_its_loop(gl, how):
+    import gc
+    import weakref
+    loop = gl.new_event_loop()
+    task = loop.create_task(stepper(1), name="never")
+    assert [r["name"] for r in loop.tasks(include_finished=False)] == ["never"]
+    ref = weakref.ref(task)
+    del task
+    if how == "close":
+        loop.close()
+        gc.collect()
+        assert ref() is None
+    else:
+        loop_ref = weakref.ref(loop)
+        del loop
+        gc.collect()
+        assert (ref(), loop_ref()) == (None, None)
+
+
 # ---------------------------------------------------------------------------
 # Await stacks
 # ---------------------------------------------------------------------------

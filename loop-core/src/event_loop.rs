@@ -526,12 +526,13 @@ impl LoopCore {
                 }
             });
             let is_slow = took >= slow_ns;
-            if is_slow {
-                self.record_slow(py, h, &func, task.map(|(t, _)| t), took, debug)?;
-            }
+            // Recorded before the task may leave the live table, but its error waits:
+            // the table must learn of the step whatever happens.
+            let slow = if is_slow { self.record_slow(py, h, &func, task.map(|(t, _)| t), took, debug) } else { Ok(()) };
             if let Some((t, slot)) = task {
                 self.after_task_step(py, t, slot, &func);
             }
+            slow?;
             if let Err(err) = result {
                 self.report_callback_error(py, loop_obj, &handle, err)?;
             }
@@ -566,14 +567,21 @@ impl LoopCore {
 
     /// Adds a task to the task table; `coro` is its coroutine when the caller has
     /// it, `context` the one `create_task` was given (the task runs in it), if any.
+    /// `first_step_queued`: the ready queue's last entry is the task's first step
+    /// (see `first_step_queued`).
     fn task_created(
         &self,
         py: Python<'_>,
         task: &Bound<'_, PyAny>,
         coro: Option<&Bound<'_, PyAny>>,
         context: Option<&Bound<'_, PyAny>>,
+        first_step_queued: bool,
     ) -> PyResult<()> {
-        let weak = tasks::untracked_weakref(task)?;
+        let hold = if first_step_queued {
+            tasks::Hold::FirstStep(task.clone().unbind())
+        } else {
+            tasks::Hold::Weak(tasks::untracked_weakref(task)?)
+        };
         let coro = match coro {
             Some(c) => Some(c.clone()),
             None => task.call_method0(pyo3::intern!(py, "get_coro")).ok(),
@@ -599,10 +607,26 @@ impl LoopCore {
                 last_delay_ns: 0,
                 app_span,
             };
-            s.tasks.insert(task.as_ptr() as usize, weak, entry, py)
+            s.tasks.insert(task.as_ptr() as usize, hold, entry, py)
         });
         drop(gone);
         Ok(())
+    }
+
+    /// Whether the ready queue's last entry is `task`'s step, just queued by the
+    /// task's constructor: the queue then holds the task until that step runs (no
+    /// one else has the handle to cancel it; closing the loop empties queue and
+    /// table together).
+    fn first_step_queued(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> bool {
+        let handle = self.state.with(py, |s| match s.ready.back() {
+            Some(Ready::Call { handle, .. }) => Some(handle.clone_ref(py)),
+            _ => None,
+        });
+        let Some((func, args)) = handle.and_then(|h| h.get().callback_parts(py)) else {
+            return false;
+        };
+        args.release(py);
+        tasks::step_owner(&func) == Some(task.as_ptr() as usize)
     }
 
     /// A task step just ran: if the task finished, move it to the finished list.
@@ -612,6 +636,16 @@ impl LoopCore {
         let task = unsafe { Bound::from_borrowed_ptr(py, task_ptr as *mut pyo3::ffi::PyObject) };
         let _keep = func;
         if !tasks::is_done(&task) {
+            // Past its first step the ready queue no longer holds the task: from now
+            // on the table follows it by a weak reference.
+            if self.state.with(py, |s| s.tasks.held_for_first_step(slot, task_ptr)) {
+                let old = match tasks::untracked_weakref(&task) {
+                    Ok(weak) => self.state.with(py, |s| Some(s.tasks.set_hold(slot, task_ptr, tasks::Hold::Weak(weak)))),
+                    // Out of memory: stop following the task rather than keep it alive.
+                    Err(_) => self.state.with(py, |s| s.tasks.forget(slot, task_ptr).map(|l| l.hold)),
+                };
+                drop(old);
+            }
             return;
         }
         let (state, exc) = task_outcome(&task);
@@ -753,7 +787,7 @@ impl LoopCore {
                 s.watchers.traverse(&visit)?;
                 s.servers.traverse(&visit)?;
                 visit.call(&self.tracked)?;
-                Ok(())
+                s.tasks.traverse(&visit)
             })
             .unwrap_or(Ok(()))
     }
@@ -909,7 +943,8 @@ impl LoopCore {
                 pyo3::ffi::PyObject_Vectorcall(task_type.as_ptr(), values.as_ptr(), 1, kwnames.as_ptr()),
             )?
         };
-        this.task_created(py, &task, Some(coro), context)?;
+        let queued = this.first_step_queued(py, &task);
+        this.task_created(py, &task, Some(coro), context, queued)?;
         Ok(task)
     }
 
@@ -946,7 +981,7 @@ impl LoopCore {
     /// `create_task` was given (the task runs in it), if any.
     #[pyo3(signature = (task, context = None))]
     fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>, context: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        self.task_created(py, task, None, context)
+        self.task_created(py, task, None, context, false)
     }
 
     /// Adds a server made by `create_server`/`create_unix_server` to the server table.

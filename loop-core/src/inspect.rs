@@ -252,14 +252,14 @@ impl LoopCore {
     /// each with the task object while it is alive.
     pub(crate) fn task_records<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Vec<(TaskRecord, Option<Bound<'py, PyAny>>)>> {
         struct Row {
-            weak: Option<Py<PyAny>>,
+            hold: Option<crate::tasks::Hold>,
             code: Option<Py<PyAny>>,
             name: Option<String>,
             record: TaskRecord,
         }
         let rows: Vec<Row> = self.state.with(py, |s| {
-            let row = |e: &crate::tasks::TaskEntry, weak: Option<&Py<PyAny>>, end: Option<&crate::tasks::FinishedTask>| Row {
-                weak: weak.map(|w| w.clone_ref(py)),
+            let row = |e: &crate::tasks::TaskEntry, hold: Option<&crate::tasks::Hold>, end: Option<&crate::tasks::FinishedTask>| Row {
+                hold: hold.map(|h| h.clone_ref(py)),
                 code: e.code.as_ref().map(|c| c.clone_ref(py)),
                 name: end.and_then(|f| f.name.clone()),
                 record: TaskRecord {
@@ -286,21 +286,18 @@ impl LoopCore {
                 live.select_nth_unstable_by(limit, |a, b| b.entry.busy_ns.cmp(&a.entry.busy_ns));
                 live.truncate(limit);
             }
-            let mut rows: Vec<Row> = live.into_iter().map(|l| row(&l.entry, Some(&l.weak), None)).collect();
+            let mut rows: Vec<Row> = live.into_iter().map(|l| row(&l.entry, Some(&l.hold), None)).collect();
             rows.sort_by_key(|r| r.record.id);
             rows.extend(s.tasks.finished().map(|f| row(&f.entry, None, Some(f))));
             rows
         });
         let mut out = Vec::with_capacity(rows.len());
         for mut row in rows {
-            let task = match &row.weak {
-                Some(weak) => {
-                    let t = weak.bind(py).call0()?;
-                    if t.is_none() {
-                        continue; // collected while pending; pruned later
-                    }
-                    Some(t)
-                }
+            let task = match &row.hold {
+                Some(hold) => match hold.task(py) {
+                    Some(t) => Some(t),
+                    None => continue, // collected while pending; pruned later
+                },
                 None => None,
             };
             row.record.name = match &task {
@@ -440,12 +437,8 @@ impl LoopCore {
 
     /// A task's await chain as text, one frame per line (None: no such task).
     pub(crate) fn task_stack_text(&self, py: Python<'_>, task_id: u64) -> PyResult<Option<String>> {
-        let weak = self.state.with(py, |s| s.tasks.live().find(|l| l.entry.id == task_id).map(|l| l.weak.clone_ref(py)));
-        let Some(weak) = weak else { return Ok(None) };
-        let task = weak.bind(py).call0()?;
-        if task.is_none() {
-            return Ok(None);
-        }
+        let hold = self.state.with(py, |s| s.tasks.live().find(|l| l.entry.id == task_id).map(|l| l.hold.clone_ref(py)));
+        let Some(task) = hold.and_then(|h| h.task(py)) else { return Ok(None) };
         let frames = py.import("glassloop._stacks")?.call_method1("await_stack_text", (task,))?;
         Ok(Some(frames.extract()?))
     }

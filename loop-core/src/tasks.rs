@@ -8,6 +8,10 @@
 //! Bounds: one entry per live task (entries of tasks collected while pending are
 //! pruned through their weak reference), and the last `FINISHED_KEPT` finished tasks
 //! (which hold no reference to their task).
+//!
+//! The table never keeps a task alive: it holds a weak reference, except before
+//! a task's first step when that step is verified to sit in the loop's ready
+//! queue (see `Hold::FirstStep`).
 
 use crate::handles::is_task_step_wrapper;
 use pyo3::ffi;
@@ -42,13 +46,52 @@ pub struct TaskEntry {
     pub app_span: Option<Box<crate::otel::AppSpan>>,
 }
 
-/// A live task's slot: its address (the table's key) and a weak reference.
+/// A live task's slot: its address (the table's key) and how to reach it.
 pub struct LiveTask {
     pub task: usize,
-    /// `weakref.ref(task)`: the table must not keep tasks alive. Untracked by the
-    /// garbage collector (see `untracked_weakref`).
-    pub weak: Py<PyAny>,
+    pub hold: Hold,
     pub entry: TaskEntry,
+}
+
+/// How the table reaches a live task without keeping it alive.
+pub enum Hold {
+    /// The task, while its first step waits in the loop's ready queue: the queue
+    /// holds the task until that step runs anyway, so this reference changes no
+    /// lifetime, and a task that finishes in its first step (most short ones)
+    /// never needs a weak reference. Replaced when the step has run.
+    FirstStep(Py<PyAny>),
+    /// `weakref.ref(task)`, untracked by the garbage collector (see `untracked_weakref`).
+    Weak(Py<PyAny>),
+}
+
+impl Hold {
+    /// The task, if it is still alive.
+    pub fn task<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        match self {
+            Hold::FirstStep(task) => Some(task.bind(py).clone()),
+            Hold::Weak(weak) => {
+                // SAFETY: GIL held; PyWeakref_GetObject returns a borrowed reference (None
+                // once the referent is gone), made owned at once.
+                let t = unsafe { Bound::from_borrowed_ptr(py, ffi::PyWeakref_GetObject(weak.as_ptr())) };
+                (!t.is_none()).then_some(t)
+            }
+        }
+    }
+
+    fn is_gone(&self) -> bool {
+        match self {
+            Hold::FirstStep(_) => false,
+            // SAFETY: reading a weakref's referent (borrowed, not dereferenced) with the GIL held.
+            Hold::Weak(weak) => unsafe { ffi::PyWeakref_GetObject(weak.as_ptr()) == ffi::Py_None() },
+        }
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> Hold {
+        match self {
+            Hold::FirstStep(t) => Hold::FirstStep(t.clone_ref(py)),
+            Hold::Weak(w) => Hold::Weak(w.clone_ref(py)),
+        }
+    }
 }
 
 /// A finished task: its entry and how it ended (afterwards the task may be gone).
@@ -144,7 +187,7 @@ impl Tasks {
     }
 
     /// Adds a task; returns entries that had to go (a reused address, the pruned).
-    pub fn insert(&mut self, task: usize, weak: Py<PyAny>, entry: TaskEntry, py: Python<'_>) -> Vec<LiveTask> {
+    pub fn insert(&mut self, task: usize, hold: Hold, entry: TaskEntry, py: Python<'_>) -> Vec<LiveTask> {
         self.created_total += 1;
         let mut gone = Vec::new();
         // An address already in the table is a task collected while pending whose
@@ -152,7 +195,7 @@ impl Tasks {
         if let Some(old) = self.index.get(&task).copied().filter(|&s| self.holding(s, task).is_some()) {
             gone.extend(self.release(old));
         }
-        let live = LiveTask { task, weak, entry };
+        let live = LiveTask { task, hold, entry };
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some(live);
@@ -189,10 +232,7 @@ impl Tasks {
         let _ = py;
         let dead: Vec<u32> = (0..self.slots.len() as u32)
             .filter(|&i| {
-                self.slots[i as usize].as_ref().is_some_and(|l| {
-                    // SAFETY: reading a weakref's referent (borrowed) with the GIL held.
-                    unsafe { ffi::PyWeakref_GetObject(l.weak.as_ptr()) == ffi::Py_None() }
-                })
+                self.slots[i as usize].as_ref().is_some_and(|l| l.hold.is_gone())
             })
             .collect();
         let gone: Vec<LiveTask> = dead.into_iter().filter_map(|i| self.release(i)).collect();
@@ -214,7 +254,7 @@ impl Tasks {
     }
 
     /// Moves a finished task to the finished ring; returns what left the table
-    /// (the task's weak reference, and an entry that fell off the ring).
+    /// (the task's `Hold`, and an entry that fell off the ring).
     pub fn finish(
         &mut self,
         slot: Slot,
@@ -223,13 +263,43 @@ impl Tasks {
         exception_type: Option<String>,
         name: Option<String>,
         now_ms: u64,
-    ) -> Option<(Py<PyAny>, Option<FinishedTask>)> {
+    ) -> Option<(Hold, Option<FinishedTask>)> {
         self.at_mut(slot, task)?;
-        let LiveTask { weak, entry, .. } = self.release(slot.0)?;
+        let LiveTask { hold, entry, .. } = self.release(slot.0)?;
         self.finished_total += 1;
         self.finished.push_back(FinishedTask { entry, finished_unix_ms: now_ms, state, exception_type, name });
         let fell = if self.finished.len() > FINISHED_KEPT { self.finished.pop_front() } else { None };
-        Some((weak, fell))
+        Some((hold, fell))
+    }
+
+    /// Takes a live task out of the table (it is no longer followed).
+    pub fn forget(&mut self, slot: Slot, task: usize) -> Option<LiveTask> {
+        self.at_mut(slot, task)?;
+        self.release(slot.0)
+    }
+
+    /// Whether the task in `slot` is still held for its first step.
+    pub fn held_for_first_step(&self, slot: Slot, task: usize) -> bool {
+        self.holding(slot.0, task).is_some_and(|l| matches!(l.hold, Hold::FirstStep(_)))
+    }
+
+    /// Replaces the task's hold (after its first step, by a weak reference);
+    /// returns the old one, or `hold` back if the slot no longer holds the task.
+    pub fn set_hold(&mut self, slot: Slot, task: usize, hold: Hold) -> Hold {
+        match self.at_mut(slot, task) {
+            Some(l) => std::mem::replace(&mut l.hold, hold),
+            None => hold,
+        }
+    }
+
+    /// The tasks held for their first step, for the garbage collector.
+    pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        for l in self.live() {
+            if let Hold::FirstStep(task) = &l.hold {
+                visit.call(task)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn live(&self) -> impl Iterator<Item = &LiveTask> {
