@@ -614,9 +614,10 @@ impl LoopCore {
     }
 
     /// Whether the ready queue's last entry is `task`'s step, just queued by the
-    /// task's constructor: the queue then holds the task until that step runs (no
-    /// one else has the handle to cancel it; closing the loop empties queue and
-    /// table together).
+    /// task's constructor: the queue then holds the task until that step runs
+    /// (closing the loop empties queue and table together). The constructor drops
+    /// the handle, so nothing cancels it; only a loop subclass whose `call_soon`
+    /// kept and cancelled it would leave the table holding the task until close.
     fn first_step_queued(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> bool {
         let handle = self.state.with(py, |s| match s.ready.back() {
             Some(Ready::Call { handle, .. }) => Some(handle.clone_ref(py)),
