@@ -380,6 +380,130 @@ def test_tasks_from_a_task_factory_are_in_the_table(new_loop):
     assert all(r["parent_id"] == main_row["id"] for r in rows if r["coro"] == "stepper")
 
 
+def test_a_burst_of_tasks_keeps_each_tasks_steps_and_bounds_the_finished(new_loop):
+    # More tasks than the table's first prune threshold, made in one go and
+    # stepped interleaved: every task's own step count, and a second burst made
+    # while one task stays live (so it reuses the first burst's places in reverse).
+    loop = new_loop()
+    N = 3000
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        first = [lp.create_task(stepper(i % 5), name=f"a{i}") for i in range(N)]
+        await asyncio.gather(*first)
+        keeper = lp.create_task(forever(), name="keeper")
+        second = [lp.create_task(stepper(i % 7), name=f"b{i}") for i in range(N)]
+        live = {r["name"] for r in lp.tasks(include_finished=False)}
+        await asyncio.gather(*second)
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        return live
+
+    live_mid = loop.run_until_complete(main())
+    assert {f"b{i}" for i in range(N)} | {"keeper"} <= live_mid
+    assert not any(name.startswith("a") for name in live_mid)
+    rows = by_name(loop.tasks())
+    # Only recently finished tasks are kept, the newest ones.
+    assert 0 < len(rows) < N
+    assert "keeper" in rows
+    for name, r in rows.items():
+        if name.startswith("b"):
+            assert r["steps"] == int(name[1:]) % 7 + 1, r
+            assert r["state"] == "done" and r["coro"] == "stepper", r
+    st = loop.stats()
+    assert (st["tasks_created"], st["tasks_finished"], st["tasks_live"]) == (2 * N + 2, 2 * N + 2, 0), st
+
+
+def test_tasks_collected_while_pending_leave_the_table(new_loop):
+    loop = new_loop()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx["message"]))
+    N = 1500
+
+    async def orphans():
+        lp = asyncio.get_running_loop()
+        for i in range(N):
+            # Each waits on a future nothing else holds: once this loop drops
+            # the task, task and future are garbage.
+            lp.create_task(outer_parked(lp.create_future()), name=f"orphan{i}")
+        await asyncio.sleep(0)
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        await orphans()
+        import gc
+        gc.collect()
+        # New tasks past the prune threshold make the table look at the old ones.
+        kept = [lp.create_task(stepper(1), name=f"new{i}") for i in range(N)]
+        live = lp.stats()["tasks_live"]
+        names = {r["name"] for r in lp.tasks(include_finished=False)}
+        await asyncio.gather(*kept)
+        return live, names
+
+    live, names = loop.run_until_complete(main())
+    assert errors and all("destroyed but it is pending" in m for m in errors), errors[:3]
+    assert len(errors) == N
+    assert not any(n.startswith("orphan") for n in names)
+    assert live == N + 1, live  # and main
+    assert loop.stats()["tasks_live"] == 0
+
+
+def test_a_task_before_its_first_step_is_listed_with_the_task_object(new_loop):
+    loop = new_loop()
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        task = lp.create_task(stepper(2), name="queued")
+        (row,) = [r for r in lp.tasks(include_finished=False) if r["name"] == "queued"]
+        await task
+        return task, row
+
+    task, row = loop.run_until_complete(main())
+    assert row["task"] is task
+    assert (row["state"], row["steps"], row["finished_unix_ms"]) == ("pending", 0, None), row
+    (done,) = [r for r in loop.tasks() if r["name"] == "queued"]
+    assert (done["state"], done["steps"]) == ("done", 3), done
+
+
+def test_the_table_does_not_keep_a_task_alive(new_loop):
+    import gc
+    import weakref
+    loop = new_loop()
+    loop.set_exception_handler(lambda lp, ctx: None)  # "destroyed but it is pending"
+
+    async def make():
+        lp = asyncio.get_running_loop()
+        task = lp.create_task(outer_parked(lp.create_future()), name="parked")
+        await asyncio.sleep(0)  # its first step ran: it waits on a future nothing holds
+        return weakref.ref(task)
+
+    ref = loop.run_until_complete(make())
+    gc.collect()
+    assert ref() is None
+    assert [r for r in loop.tasks(include_finished=False) if r["name"] == "parked"] == []
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited")
+@pytest.mark.parametrize("how", ["close", "collect"])
+def test_a_task_that_never_ran_goes_with_its_loop(gl, how):
+    import gc
+    import weakref
+    loop = gl.new_event_loop()
+    task = loop.create_task(stepper(1), name="never")
+    assert [r["name"] for r in loop.tasks(include_finished=False)] == ["never"]
+    ref = weakref.ref(task)
+    del task
+    if how == "close":
+        loop.close()
+        gc.collect()
+        assert ref() is None
+    else:
+        loop_ref = weakref.ref(loop)
+        del loop
+        gc.collect()
+        assert (ref(), loop_ref()) == (None, None)
+
+
 # ---------------------------------------------------------------------------
 # Await stacks
 # ---------------------------------------------------------------------------

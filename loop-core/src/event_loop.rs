@@ -469,11 +469,11 @@ impl LoopCore {
             let Some((func, args)) = h.callback_parts(py) else { continue };
             // Most callbacks are no task step: no state borrow for them here.
             let (task, task_site, task_slot) = match tasks::step_owner(&func) {
-                Some(candidate) => self.state.with(py, |s| match s.tasks.get(candidate) {
-                    Some(entry) => {
+                Some(candidate) => self.state.with(py, |s| match s.tasks.get_stepping(candidate) {
+                    Some((slot, entry)) => {
                         s.current_task = Some(entry.id);
                         let code = entry.code.as_ref().map(|c| c.as_ptr() as usize);
-                        (Some(candidate), code, code.and_then(|c| s.sites.slot(c)))
+                        (Some((candidate, slot)), code, code.and_then(|c| s.sites.slot(c)))
                     }
                     None => (None, None, None),
                 }),
@@ -487,7 +487,7 @@ impl LoopCore {
                 (Some(_), Some(addr)) => match task_slot {
                     Some(slot) => (Some(addr), slot),
                     None => {
-                        let code = self.state.with(py, |s| task.and_then(|t| s.tasks.code_of(t)).map(|c| c.clone_ref(py)));
+                        let code = self.state.with(py, |s| task.and_then(|(t, _)| s.tasks.code_of(t)).map(|c| c.clone_ref(py)));
                         (Some(addr), self.new_site(py, addr, code.map(SiteOwner::Code), &func))
                     }
                 },
@@ -520,20 +520,21 @@ impl LoopCore {
                 if result.is_err() {
                     s.recorder.exceptions += 1;
                 }
-                if let Some(t) = task {
-                    s.tasks.step(t, took, lag);
+                if let Some((t, slot)) = task {
+                    s.tasks.step(slot, t, took, lag);
                 }
                 if site_addr.is_some() {
                     s.sites.add(slot, took);
                 }
             });
             let is_slow = took >= slow_ns;
-            if is_slow {
-                self.record_slow(py, h, &func, task, took, debug)?;
+            // Recorded before the task may leave the live table, but its error waits:
+            // the table must learn of the step whatever happens.
+            let slow = if is_slow { self.record_slow(py, h, &func, task.map(|(t, _)| t), took, debug) } else { Ok(()) };
+            if let Some((t, slot)) = task {
+                self.after_task_step(py, t, slot, &func);
             }
-            if let Some(t) = task {
-                self.after_task_step(py, t, &func);
-            }
+            slow?;
             if let Err(err) = result {
                 self.report_callback_error(py, loop_obj, &handle.0, err)?;
             }
@@ -568,15 +569,21 @@ impl LoopCore {
 
     /// Adds a task to the task table; `coro` is its coroutine when the caller has
     /// it, `context` the one `create_task` was given (the task runs in it), if any.
+    /// `first_step_queued`: the ready queue's last entry is the task's first step
+    /// (see `first_step_queued`).
     fn task_created(
         &self,
         py: Python<'_>,
         task: &Bound<'_, PyAny>,
         coro: Option<&Bound<'_, PyAny>>,
         context: Option<&Bound<'_, PyAny>>,
+        first_step_queued: bool,
     ) -> PyResult<()> {
-        // SAFETY: GIL held; PyWeakref_NewRef returns a new reference or NULL with an error set.
-        let weak = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))? }.unbind();
+        let hold = if first_step_queued {
+            tasks::Hold::FirstStep(task.clone().unbind())
+        } else {
+            tasks::Hold::Weak(tasks::untracked_weakref(task)?)
+        };
         let coro = match coro {
             Some(c) => Some(c.clone()),
             None => task.call_method0(pyo3::intern!(py, "get_coro")).ok(),
@@ -593,39 +600,61 @@ impl LoopCore {
         let gone = self.state.with(py, |s| {
             let entry = TaskEntry {
                 id: s.tasks.next_id(),
-                weak,
                 code,
                 parent: s.current_task,
                 created_unix_ms,
-                finished_unix_ms: None,
-                state: TaskState::Pending,
-                exception_type: None,
-                name: None,
                 steps: 0,
                 busy_ns: 0,
                 longest_step_ns: 0,
                 last_delay_ns: 0,
                 app_span,
             };
-            s.tasks.insert(task.as_ptr() as usize, entry, py)
+            s.tasks.insert(task.as_ptr() as usize, hold, entry, py)
         });
         drop(gone);
         Ok(())
     }
 
+    /// Whether the ready queue's last entry is `task`'s step, just queued by the
+    /// task's constructor: the queue then holds the task until that step runs
+    /// (closing the loop empties queue and table together). The constructor drops
+    /// the handle, so nothing cancels it; only a loop subclass whose `call_soon`
+    /// kept and cancelled it would leave the table holding the task until close.
+    fn first_step_queued(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> bool {
+        let handle = self.state.with(py, |s| match s.ready.back() {
+            Some(Ready::Call { handle, .. }) => Some(handle.clone_ref(py)),
+            _ => None,
+        });
+        let Some((func, args)) = handle.and_then(|h| h.get().callback_parts(py)) else {
+            return false;
+        };
+        args.release(py);
+        tasks::step_owner(&func) == Some(task.as_ptr() as usize)
+    }
+
     /// A task step just ran: if the task finished, move it to the finished list.
-    fn after_task_step(&self, py: Python<'_>, task_ptr: usize, func: &Bound<'_, PyAny>) {
+    fn after_task_step(&self, py: Python<'_>, task_ptr: usize, slot: tasks::Slot, func: &Bound<'_, PyAny>) {
         // SAFETY: `func` (the step callback) holds a reference to the task, so the
         // address is a live object for as long as `func` is.
         let task = unsafe { Bound::from_borrowed_ptr(py, task_ptr as *mut pyo3::ffi::PyObject) };
         let _keep = func;
         if !tasks::is_done(&task) {
+            // Past its first step the ready queue no longer holds the task: from now
+            // on the table follows it by a weak reference.
+            if self.state.with(py, |s| s.tasks.held_for_first_step(slot, task_ptr)) {
+                let old = match tasks::untracked_weakref(&task) {
+                    Ok(weak) => self.state.with(py, |s| Some(s.tasks.set_hold(slot, task_ptr, tasks::Hold::Weak(weak)))),
+                    // Out of memory: stop following the task rather than keep it alive.
+                    Err(_) => self.state.with(py, |s| s.tasks.forget(slot, task_ptr).map(|l| l.hold)),
+                };
+                drop(old);
+            }
             return;
         }
         let (state, exc) = task_outcome(&task);
         let name = tasks::name_of(&task);
         let now_ms = unix_ms();
-        let dropped = self.state.with(py, |s| s.tasks.finish(task_ptr, state, exc, name, now_ms));
+        let dropped = self.state.with(py, |s| s.tasks.finish(slot, task_ptr, state, exc, name, now_ms));
         drop(dropped);
     }
 
@@ -917,7 +946,8 @@ impl LoopCore {
                 pyo3::ffi::PyObject_Vectorcall(task_type.as_ptr(), values.as_ptr(), 1, kwnames.as_ptr()),
             )?
         };
-        this.task_created(py, &task, Some(coro), context)?;
+        let queued = this.first_step_queued(py, &task);
+        this.task_created(py, &task, Some(coro), context, queued)?;
         Ok(task)
     }
 
@@ -954,7 +984,7 @@ impl LoopCore {
     /// `create_task` was given (the task runs in it), if any.
     #[pyo3(signature = (task, context = None))]
     fn _task_created(&self, py: Python<'_>, task: &Bound<'_, PyAny>, context: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        self.task_created(py, task, None, context)
+        self.task_created(py, task, None, context, false)
     }
 
     /// Adds a server made by `create_server`/`create_unix_server` to the server table.

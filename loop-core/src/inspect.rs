@@ -270,16 +270,16 @@ impl LoopCore {
     /// each with the task object while it is alive.
     pub(crate) fn task_records<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Vec<(TaskRecord, Option<Bound<'py, PyAny>>)>> {
         struct Row {
-            weak: Option<Py<PyAny>>,
+            hold: Option<crate::tasks::Hold>,
             code: Option<Py<PyAny>>,
             name: Option<String>,
             record: TaskRecord,
         }
         let rows: Vec<Row> = self.state.with(py, |s| {
-            let row = |e: &crate::tasks::TaskEntry, live: bool| Row {
-                weak: live.then(|| e.weak.clone_ref(py)),
+            let row = |e: &crate::tasks::TaskEntry, hold: Option<&crate::tasks::Hold>, end: Option<&crate::tasks::FinishedTask>| Row {
+                hold: hold.map(|h| h.clone_ref(py)),
                 code: e.code.as_ref().map(|c| c.clone_ref(py)),
-                name: e.name.clone(),
+                name: end.and_then(|f| f.name.clone()),
                 record: TaskRecord {
                     id: e.id,
                     name: String::new(),
@@ -287,9 +287,9 @@ impl LoopCore {
                     defined_at: String::new(),
                     parent_id: e.parent,
                     created_unix_ms: e.created_unix_ms,
-                    finished_unix_ms: e.finished_unix_ms,
-                    state: task_state(e.state),
-                    exception_type: e.exception_type.clone(),
+                    finished_unix_ms: end.map(|f| f.finished_unix_ms),
+                    state: task_state(end.map_or(TaskState::Pending, |f| f.state)),
+                    exception_type: end.and_then(|f| f.exception_type.clone()),
                     steps: e.steps,
                     busy_ns: e.busy_ns,
                     longest_step_ns: e.longest_step_ns,
@@ -299,26 +299,23 @@ impl LoopCore {
                     trace_flags: e.app_span.as_ref().map_or(0, |a| a.flags),
                 },
             };
-            let mut live: Vec<&crate::tasks::TaskEntry> = s.tasks.live().map(|(_, e)| e).collect();
+            let mut live: Vec<&crate::tasks::LiveTask> = s.tasks.live().collect();
             if live.len() > limit {
-                live.select_nth_unstable_by(limit, |a, b| b.busy_ns.cmp(&a.busy_ns));
+                live.select_nth_unstable_by(limit, |a, b| b.entry.busy_ns.cmp(&a.entry.busy_ns));
                 live.truncate(limit);
             }
-            let mut rows: Vec<Row> = live.into_iter().map(|e| row(e, true)).collect();
+            let mut rows: Vec<Row> = live.into_iter().map(|l| row(&l.entry, Some(&l.hold), None)).collect();
             rows.sort_by_key(|r| r.record.id);
-            rows.extend(s.tasks.finished().map(|e| row(e, false)));
+            rows.extend(s.tasks.finished().map(|f| row(&f.entry, None, Some(f))));
             rows
         });
         let mut out = Vec::with_capacity(rows.len());
         for mut row in rows {
-            let task = match &row.weak {
-                Some(weak) => {
-                    let t = weak.bind(py).call0()?;
-                    if t.is_none() {
-                        continue; // collected while pending; pruned later
-                    }
-                    Some(t)
-                }
+            let task = match &row.hold {
+                Some(hold) => match hold.task(py) {
+                    Some(t) => Some(t),
+                    None => continue, // collected while pending; pruned later
+                },
                 None => None,
             };
             row.record.name = match &task {
@@ -458,12 +455,8 @@ impl LoopCore {
 
     /// A task's await chain as text, one frame per line (None: no such task).
     pub(crate) fn task_stack_text(&self, py: Python<'_>, task_id: u64) -> PyResult<Option<String>> {
-        let weak = self.state.with(py, |s| s.tasks.live().find(|(_, e)| e.id == task_id).map(|(_, e)| e.weak.clone_ref(py)));
-        let Some(weak) = weak else { return Ok(None) };
-        let task = weak.bind(py).call0()?;
-        if task.is_none() {
-            return Ok(None);
-        }
+        let hold = self.state.with(py, |s| s.tasks.live().find(|l| l.entry.id == task_id).map(|l| l.hold.clone_ref(py)));
+        let Some(task) = hold.and_then(|h| h.task(py)) else { return Ok(None) };
         let frames = py.import("glassloop._stacks")?.call_method1("await_stack_text", (task,))?;
         Ok(Some(frames.extract()?))
     }

@@ -6,7 +6,12 @@
 //! `__self__` is the task, so the loop knows which task each callback ran for.
 //!
 //! Bounds: one entry per live task (entries of tasks collected while pending are
-//! pruned through their weak reference), and the last `FINISHED_KEPT` finished tasks.
+//! pruned through their weak reference), and the last `FINISHED_KEPT` finished tasks
+//! (which hold no reference to their task).
+//!
+//! The table never keeps a task alive: it holds a weak reference, except before
+//! a task's first step when that step is verified to sit in the loop's ready
+//! queue (see `Hold::FirstStep`).
 
 use crate::handles::is_task_step_wrapper;
 use pyo3::ffi;
@@ -25,19 +30,13 @@ pub enum TaskState {
 }
 
 
+/// What the table knows of a task, live or finished.
 pub struct TaskEntry {
     pub id: u64,
-    /// `weakref.ref(task)`: the table must not keep tasks alive.
-    pub weak: Py<PyAny>,
     /// The coroutine's code object: the task's callback site.
     pub code: Option<Py<PyAny>>,
     pub parent: Option<u64>,
     pub created_unix_ms: u64,
-    pub finished_unix_ms: Option<u64>,
-    pub state: TaskState,
-    pub exception_type: Option<String>,
-    /// Filled when the task finishes (afterwards the task may be gone).
-    pub name: Option<String>,
     pub steps: u64,
     pub busy_ns: u64,
     pub longest_step_ns: u64,
@@ -47,14 +46,88 @@ pub struct TaskEntry {
     pub app_span: Option<Box<crate::otel::AppSpan>>,
 }
 
+/// A live task's slot: its address (the table's key) and how to reach it.
+pub struct LiveTask {
+    pub task: usize,
+    pub hold: Hold,
+    pub entry: TaskEntry,
+}
+
+/// How the table reaches a live task without keeping it alive.
+pub enum Hold {
+    /// The task, while its first step waits in the loop's ready queue: the queue
+    /// holds the task until that step runs anyway, so this reference changes no
+    /// lifetime, and a task that finishes in its first step (most short ones)
+    /// never needs a weak reference. Replaced when the step has run.
+    FirstStep(Py<PyAny>),
+    /// `weakref.ref(task)`, untracked by the garbage collector (see `untracked_weakref`).
+    Weak(Py<PyAny>),
+}
+
+impl Hold {
+    /// The task, if it is still alive.
+    pub fn task<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        match self {
+            Hold::FirstStep(task) => Some(task.bind(py).clone()),
+            Hold::Weak(weak) => {
+                // SAFETY: GIL held; PyWeakref_GetObject returns a borrowed reference (None
+                // once the referent is gone), made owned at once.
+                let t = unsafe { Bound::from_borrowed_ptr(py, ffi::PyWeakref_GetObject(weak.as_ptr())) };
+                (!t.is_none()).then_some(t)
+            }
+        }
+    }
+
+    fn is_gone(&self) -> bool {
+        match self {
+            Hold::FirstStep(_) => false,
+            // SAFETY: reading a weakref's referent (borrowed, not dereferenced) with the GIL held.
+            Hold::Weak(weak) => unsafe { ffi::PyWeakref_GetObject(weak.as_ptr()) == ffi::Py_None() },
+        }
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> Hold {
+        match self {
+            Hold::FirstStep(t) => Hold::FirstStep(t.clone_ref(py)),
+            Hold::Weak(w) => Hold::Weak(w.clone_ref(py)),
+        }
+    }
+}
+
+/// A finished task: its entry and how it ended (afterwards the task may be gone).
+pub struct FinishedTask {
+    pub entry: TaskEntry,
+    pub finished_unix_ms: u64,
+    pub state: TaskState,
+    pub exception_type: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Where a live task sits in the table, valid until the task finishes or is pruned.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Slot(u32);
+
+/// Live tasks sit in a slab of slots, in the order they were made (a freed slot is
+/// reused first; an empty table starts over at slot 0), and an index maps a task's
+/// address to its slot. Tasks made together are usually stepped in that order, so
+/// the slot after (or before) the last one stepped is tried before the index: a
+/// burst of tasks walks the slab instead of hopping around a big hash table.
+///
+/// The index is cleaned lazily: a finished task's entry stays until its address is
+/// reused or the next prune, and every lookup checks the slot still holds that
+/// address. (Removing it at once would touch a cold part of the index per task.)
 #[derive(Default)]
 pub struct Tasks {
-    live: HashMap<usize, TaskEntry>,
-    finished: VecDeque<TaskEntry>,
+    slots: Vec<Option<LiveTask>>,
+    free: Vec<u32>,
+    index: HashMap<usize, u32>,
+    /// The slot of the last task stepped.
+    last_stepped: u32,
+    finished: VecDeque<FinishedTask>,
     next_id: u64,
     pub created_total: u64,
     pub finished_total: u64,
-    /// Live-table size after the last prune; the next prune runs when it doubles.
+    /// Index size after the last prune; the next prune runs when it doubles.
     prune_at: usize,
 }
 
@@ -64,93 +137,204 @@ impl Tasks {
         self.next_id
     }
 
+    /// A live task's slot and entry.
     #[inline]
-    pub fn get(&self, task: usize) -> Option<&TaskEntry> {
-        self.live.get(&task)
+    pub fn get(&self, task: usize) -> Option<(Slot, &TaskEntry)> {
+        let slot = *self.index.get(&task)?;
+        self.holding(slot, task).map(|l| (Slot(slot), &l.entry))
+    }
+
+    /// The live task in `slot` if it is `task`.
+    #[inline]
+    fn holding(&self, slot: u32, task: usize) -> Option<&LiveTask> {
+        self.slots.get(slot as usize)?.as_ref().filter(|l| l.task == task)
+    }
+
+    /// `get` for a task about to step: tries the slots next to the last one
+    /// stepped before the index.
+    #[inline]
+    pub fn get_stepping(&mut self, task: usize) -> Option<(Slot, &TaskEntry)> {
+        let last = self.last_stepped;
+        let near = [last.wrapping_add(1), last.wrapping_sub(1)];
+        let slot = match near.into_iter().find(|&s| self.holding(s, task).is_some()) {
+            Some(slot) => slot,
+            None => {
+                let slot = *self.index.get(&task)?;
+                self.holding(slot, task)?;
+                slot
+            }
+        };
+        self.last_stepped = slot;
+        self.slots[slot as usize].as_ref().map(|l| (Slot(slot), &l.entry))
+    }
+
+    /// The entry in `slot` if it still holds `task`.
+    #[inline]
+    fn at_mut(&mut self, slot: Slot, task: usize) -> Option<&mut LiveTask> {
+        self.slots.get_mut(slot.0 as usize)?.as_mut().filter(|l| l.task == task)
     }
 
     pub fn id_of(&self, task: usize) -> Option<u64> {
-        self.live.get(&task).map(|e| e.id)
+        self.get(task).map(|(_, e)| e.id)
     }
 
     pub fn code_of(&self, task: usize) -> Option<&Py<PyAny>> {
-        self.live.get(&task).and_then(|e| e.code.as_ref())
+        self.get(task).and_then(|(_, e)| e.code.as_ref())
     }
 
     pub fn live_len(&self) -> usize {
-        self.live.len()
+        self.slots.len() - self.free.len()
     }
 
     /// Adds a task; returns entries that had to go (a reused address, the pruned).
-    pub fn insert(&mut self, task: usize, entry: TaskEntry, py: Python<'_>) -> Vec<TaskEntry> {
+    pub fn insert(&mut self, task: usize, hold: Hold, entry: TaskEntry, py: Python<'_>) -> Vec<LiveTask> {
         self.created_total += 1;
-        let mut gone: Vec<TaskEntry> = self.live.insert(task, entry).into_iter().collect();
-        if self.live.len() >= self.prune_at.max(1024) {
+        let mut gone = Vec::new();
+        // An address already in the table is a task collected while pending whose
+        // memory a new task got before the prune noticed.
+        if let Some(old) = self.index.get(&task).copied().filter(|&s| self.holding(s, task).is_some()) {
+            gone.extend(self.release(old));
+        }
+        let live = LiveTask { task, hold, entry };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(live);
+                slot
+            }
+            None => {
+                self.slots.push(Some(live));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(task, slot);
+        if self.index.len() >= self.prune_at.max(1024) {
             gone.extend(self.prune(py));
-            self.prune_at = self.live.len() * 2;
+            self.prune_at = self.index.len() * 2;
         }
         gone
     }
 
-    /// Drops entries whose task was garbage-collected without finishing.
-    pub fn prune(&mut self, py: Python<'_>) -> Vec<TaskEntry> {
-        let dead: Vec<usize> = self
-            .live
-            .iter()
-            // SAFETY: reading a weakref's referent (borrowed) with the GIL held.
-            .filter(|(_, e)| unsafe { ffi::PyWeakref_GetObject(e.weak.as_ptr()) } == unsafe { ffi::Py_None() })
-            .map(|(k, _)| *k)
-            .collect();
+    /// Empties a slot for reuse (its index entry goes lazily, see `Tasks`).
+    fn release(&mut self, slot: u32) -> Option<LiveTask> {
+        let live = self.slots.get_mut(slot as usize)?.take()?;
+        self.free.push(slot);
+        if self.free.len() == self.slots.len() {
+            // No task is live: start over at slot 0, so the next burst is in order.
+            self.slots.clear();
+            self.free.clear();
+        }
+        Some(live)
+    }
+
+    /// Drops entries whose task was garbage-collected without finishing, and the
+    /// index entries of tasks gone.
+    pub fn prune(&mut self, py: Python<'_>) -> Vec<LiveTask> {
         let _ = py;
-        dead.into_iter().filter_map(|k| self.live.remove(&k)).collect()
+        let dead: Vec<u32> = (0..self.slots.len() as u32)
+            .filter(|&i| {
+                self.slots[i as usize].as_ref().is_some_and(|l| l.hold.is_gone())
+            })
+            .collect();
+        let gone: Vec<LiveTask> = dead.into_iter().filter_map(|i| self.release(i)).collect();
+        let slots = &self.slots;
+        self.index.retain(|&task, &mut slot| slots.get(slot as usize).is_some_and(|l| l.as_ref().is_some_and(|l| l.task == task)));
+        gone
     }
 
-    /// Records one step of a task; returns the task's id and site (its code's address).
+    /// Records one step of the task in `slot`.
     #[inline]
-    pub fn step(&mut self, task: usize, ns: u64, delay_ns: u64) -> Option<(u64, Option<usize>)> {
-        let e = self.live.get_mut(&task)?;
-        e.steps += 1;
-        e.busy_ns += ns;
-        e.longest_step_ns = e.longest_step_ns.max(ns);
-        e.last_delay_ns = delay_ns;
-        Some((e.id, e.code.as_ref().map(|c| c.as_ptr() as usize)))
-    }
-
-    /// Moves a finished task to the finished ring; returns what fell off the ring.
-    pub fn finish(&mut self, task: usize, state: TaskState, exception_type: Option<String>, name: Option<String>, now_ms: u64) -> Option<TaskEntry> {
-        let mut e = self.live.remove(&task)?;
-        self.finished_total += 1;
-        e.state = state;
-        e.exception_type = exception_type;
-        e.name = name;
-        e.finished_unix_ms = Some(now_ms);
-        self.finished.push_back(e);
-        if self.finished.len() > FINISHED_KEPT {
-            self.finished.pop_front()
-        } else {
-            None
+    pub fn step(&mut self, slot: Slot, task: usize, ns: u64, delay_ns: u64) {
+        if let Some(l) = self.at_mut(slot, task) {
+            let e = &mut l.entry;
+            e.steps += 1;
+            e.busy_ns += ns;
+            e.longest_step_ns = e.longest_step_ns.max(ns);
+            e.last_delay_ns = delay_ns;
         }
     }
 
-    pub fn live(&self) -> impl Iterator<Item = (&usize, &TaskEntry)> {
-        self.live.iter()
+    /// Moves a finished task to the finished ring; returns what left the table
+    /// (the task's `Hold`, and an entry that fell off the ring).
+    pub fn finish(
+        &mut self,
+        slot: Slot,
+        task: usize,
+        state: TaskState,
+        exception_type: Option<String>,
+        name: Option<String>,
+        now_ms: u64,
+    ) -> Option<(Hold, Option<FinishedTask>)> {
+        self.at_mut(slot, task)?;
+        let LiveTask { hold, entry, .. } = self.release(slot.0)?;
+        self.finished_total += 1;
+        self.finished.push_back(FinishedTask { entry, finished_unix_ms: now_ms, state, exception_type, name });
+        let fell = if self.finished.len() > FINISHED_KEPT { self.finished.pop_front() } else { None };
+        Some((hold, fell))
     }
 
-    pub fn finished(&self) -> impl Iterator<Item = &TaskEntry> {
-        self.finished.iter()
+    /// Takes a live task out of the table (it is no longer followed).
+    pub fn forget(&mut self, slot: Slot, task: usize) -> Option<LiveTask> {
+        self.at_mut(slot, task)?;
+        self.release(slot.0)
     }
 
+    /// Whether the task in `slot` is still held for its first step.
+    pub fn held_for_first_step(&self, slot: Slot, task: usize) -> bool {
+        self.holding(slot.0, task).is_some_and(|l| matches!(l.hold, Hold::FirstStep(_)))
+    }
+
+    /// Replaces the task's hold (after its first step, by a weak reference);
+    /// returns the old one, or `hold` back if the slot no longer holds the task.
+    pub fn set_hold(&mut self, slot: Slot, task: usize, hold: Hold) -> Hold {
+        match self.at_mut(slot, task) {
+            Some(l) => std::mem::replace(&mut l.hold, hold),
+            None => hold,
+        }
+    }
+
+    /// The tasks held for their first step, for the garbage collector.
     pub fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        for e in self.live.values().chain(self.finished.iter()) {
-            visit.call(&e.weak)?;
+        for l in self.live() {
+            if let Hold::FirstStep(task) = &l.hold {
+                visit.call(task)?;
+            }
         }
         Ok(())
     }
 
-    pub fn clear(&mut self) -> Vec<TaskEntry> {
-        let mut all: Vec<TaskEntry> = self.live.drain().map(|(_, e)| e).collect();
-        all.extend(self.finished.drain(..));
-        all
+    pub fn live(&self) -> impl Iterator<Item = &LiveTask> {
+        self.slots.iter().flatten()
+    }
+
+    pub fn finished(&self) -> impl Iterator<Item = &FinishedTask> {
+        self.finished.iter()
+    }
+
+    /// Everything the table holds, for dropping when the loop closes.
+    pub fn clear(&mut self) -> (Vec<LiveTask>, Vec<FinishedTask>) {
+        self.index.clear();
+        self.free.clear();
+        self.prune_at = 0;
+        let live = self.slots.drain(..).flatten().collect();
+        (live, self.finished.drain(..).collect())
+    }
+}
+
+/// `weakref.ref(task)`, untracked by the garbage collector. A weak reference
+/// without a callback holds no strong reference, so it can be part of no cycle;
+/// tracked, each would add one object per live task to every collection's walk
+/// and to the count that triggers full collections.
+pub fn untracked_weakref(task: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let py = task.py();
+    // SAFETY: GIL held; PyWeakref_NewRef returns a new reference or NULL with an
+    // error set. Untracking an object that holds no strong references is sound
+    // (and a no-op for one already untracked, such as a shared ref we made before).
+    unsafe {
+        let weak = Bound::from_owned_ptr_or_err(py, ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))?;
+        if ffi::PyObject_GC_IsTracked(weak.as_ptr()) != 0 {
+            ffi::PyObject_GC_UnTrack(weak.as_ptr().cast());
+        }
+        Ok(weak.unbind())
     }
 }
 
