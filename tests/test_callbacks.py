@@ -7,6 +7,7 @@ import functools
 import gc
 import threading
 import time
+import warnings
 import weakref
 
 import pytest
@@ -497,6 +498,29 @@ def test_unclosed_loop_with_pending_callbacks_is_collected(loop_factory, threads
     del owner, lp, schedule
     gc.collect()
     assert owner_ref() is None and loop_ref() is None
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_unclosed_loop_in_a_cycle_with_a_held_pending_handle_is_collected(loop_factory):
+    """loop -> ready queue -> handle <- owner -> loop, the handle's callback a bound
+    method of the owner that also holds the handle: dropped unclosed, the loop is
+    still freed and warns."""
+    lp = loop_factory()
+
+    class Owner:
+        def method(self):
+            pass
+
+    owner = Owner()
+    owner.lp = lp
+    owner.handle = lp.call_soon(owner.method)
+    loop_ref = weakref.ref(lp)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del owner, lp
+        gc.collect()
+    assert loop_ref() is None
+    assert any("unclosed event loop" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
 def test_many_pending_callbacks_keep_their_arguments(loop):

@@ -76,6 +76,23 @@ struct Poller {
     events: Events,
 }
 
+impl Drop for State {
+    // A loop freed without close() (nor the collector's __clear__) still hands its
+    // queued handles back through `Taken`, so one held elsewhere is tracked again.
+    fn drop(&mut self) {
+        if self.ready.iter().any(|r| matches!(r, Ready::Call { .. })) {
+            let ready = std::mem::take(&mut self.ready);
+            Python::attach(|py| {
+                for entry in ready {
+                    if let Ready::Call { handle, .. } = entry {
+                        drop(handles::Taken(handle.into_bound(py)));
+                    }
+                }
+            });
+        }
+    }
+}
+
 impl State {
     /// One callback (or transport event) ran: `took` ns, `lag` ns after it became
     /// ready, ending at `end_ns`. Shared by handles and Rust transport I/O.
@@ -642,12 +659,12 @@ impl LoopCore {
             // Past its first step the ready queue no longer holds the task: from now
             // on the table follows it by a weak reference.
             if self.state.with(py, |s| s.tasks.held_for_first_step(slot, task_ptr)) {
-                let old = match tasks::untracked_weakref(&task) {
-                    Ok(weak) => self.state.with(py, |s| Some(s.tasks.set_hold(slot, task_ptr, tasks::Hold::Weak(weak)))),
+                // Whatever the table lets go of is dropped outside the state cell.
+                match tasks::untracked_weakref(&task) {
+                    Ok(weak) => drop(self.state.with(py, |s| s.tasks.set_hold(slot, task_ptr, tasks::Hold::Weak(weak)))),
                     // Out of memory: stop following the task rather than keep it alive.
-                    Err(_) => self.state.with(py, |s| s.tasks.forget(slot, task_ptr).map(|l| l.hold)),
-                };
-                drop(old);
+                    Err(_) => drop(self.state.with(py, |s| s.tasks.forget(slot, task_ptr))),
+                }
             }
             return;
         }
@@ -797,6 +814,22 @@ impl LoopCore {
 
     fn __clear__(&self) {
         Python::attach(|py| self.drop_scheduled(py));
+    }
+
+    /// Tracks again every queued handle that is also held elsewhere; the module's
+    /// hook calls it as a full collection starts. The loop's own visit of its
+    /// queue (`__traverse__`) can see through a queued handle only while the queue
+    /// is its sole owner: a handle someone else holds would otherwise hide what it
+    /// references, and a dropped, unclosed loop in a cycle with it would never be
+    /// freed. The loop is old, so only a full collection could free it.
+    fn _track_shared_handles(&self, py: Python<'_>) {
+        self.state.with(py, |s| {
+            for entry in &s.ready {
+                if let Ready::Call { handle, .. } = entry {
+                    handles::track_if_shared(handle.bind(py));
+                }
+            }
+        });
     }
 
     /// The loop's clock: `time.monotonic()`.

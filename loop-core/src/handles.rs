@@ -477,8 +477,10 @@ fn same_timer(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
 // is reachable, so a collection can never free it. The loop visits what such a
 // handle references as its own when it is the handle's only owner (refcount 1;
 // see `visit_pending`), so an unclosed loop dropped in a cycle with its pending
-// callbacks is still collected. When the loop lets go of a handle someone else
-// still holds, the handle is tracked again (`release`), as asyncio's always is.
+// callbacks is still collected; a queued handle someone else holds too is tracked
+// again when a full collection starts (`LoopCore::_track_shared_handles`). When
+// the loop lets go of a handle someone else still holds, the handle is tracked
+// again (`Taken`), as asyncio's always is.
 
 /// Takes a handle the loop just queued out of the collector's lists.
 #[inline]
@@ -495,13 +497,19 @@ pub struct Taken<'py>(pub Bound<'py, Handle>);
 impl Drop for Taken<'_> {
     #[inline]
     fn drop(&mut self) {
-        let ptr = self.0.as_ptr();
-        // SAFETY: GIL held (a Bound), live object. Tracking an object twice is a
-        // fatal error, hence the check: timers were never untracked.
-        unsafe {
-            if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
-                ffi::PyObject_GC_Track(ptr.cast());
-            }
+        track_if_shared(&self.0);
+    }
+}
+
+/// Puts `handle` back under the collector's watch if anyone but the loop holds it.
+#[inline]
+pub fn track_if_shared(handle: &Bound<'_, Handle>) {
+    let ptr = handle.as_ptr();
+    // SAFETY: GIL held (a Bound), live object. Tracking an object twice is a
+    // fatal error, hence the check: timers were never untracked.
+    unsafe {
+        if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
+            ffi::PyObject_GC_Track(ptr.cast());
         }
     }
 }
@@ -519,7 +527,8 @@ pub fn visit_pending(handle: &Py<Handle>, visit: &pyo3::PyVisit<'_>) -> Result<(
         // SAFETY: GIL held (see above); `get` reads the frozen Rust value.
         unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), ptr).cast_unchecked::<Handle>() }.get().visit_contents(visit)
     } else {
-        // Held elsewhere too: its contents are reachable from that holder.
+        // Held elsewhere too: a full collection tracks it first
+        // (`LoopCore::_track_shared_handles`); a younger one leaves it be.
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import errno
 import functools
+import gc
 import inspect
 import io
 import os
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from asyncio import base_events, constants, events, futures, sslproto, trsock
 from asyncio.log import logger
 from typing import Any
@@ -219,6 +221,22 @@ def _run_foreign_handle(handle: asyncio.Handle) -> None:
         handle._run()
 
 
+# The ready queue keeps `call_soon` handles out of the collector's lists (see
+# handles.rs); as a full collection starts, each live loop puts back under its
+# watch the queued handles someone else holds too, so that a dropped, unclosed
+# loop in a cycle with one of them is still freed (and warns).
+_live_loops: "weakref.WeakSet[Loop]" = weakref.WeakSet()
+
+
+def _before_full_collection(phase: str, info: dict) -> None:
+    if phase == "start" and info["generation"] == 2:
+        for lp in list(_live_loops):
+            lp._track_shared_handles()
+
+
+gc.callbacks.append(_before_full_collection)
+
+
 class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
     """An asyncio event loop written in Rust that records what it does.
 
@@ -227,6 +245,7 @@ class Loop(_core.LoopCore, asyncio.SelectorEventLoop):  # type: ignore[misc]
 
     def __init__(self, *, record: bool = True) -> None:
         super().__init__(selector=_ReactorSelector(self))
+        _live_loops.add(self)
 
     # Running. The iterations themselves run in Rust (`_run_forever_inner`);
     # this sets up what asyncio expects of a running loop around them.

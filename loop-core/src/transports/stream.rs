@@ -423,11 +423,17 @@ impl StreamTransport {
             return Self::read_to_bytes(slf, protocol);
         }
         let want = (waiting as usize).min(MAX_READ);
-        let data = DATA_SPARE.with(|spare| spare.take(py, want))?;
+        let data = match DATA_SPARE.with(|spare| spare.take(py, want)) {
+            Ok(data) => data,
+            Err(err) => return Self::read_failed(slf, err),
+        };
         // SAFETY: `data` has `want` writable bytes and only we reference it (SpareBytes::take).
         let read = recv_retrying(fd, crate::spare_bytes::data_ptr(&data), want);
         let data = match read {
-            Ok(n) if n > 0 && n < want => crate::spare_bytes::shrink(data, n)?,
+            Ok(n) if n > 0 && n < want => match crate::spare_bytes::shrink(data, n) {
+                Ok(data) => data,
+                Err(err) => return Self::read_failed(slf, err),
+            },
             _ => data,
         };
         Self::finish_read(slf, read, MAX_READ, "data_received", || {
@@ -448,8 +454,12 @@ impl StreamTransport {
             };
             (read, data)
         });
+        let data = match data {
+            Some(Err(err)) => return Self::read_failed(slf, err),
+            other => other.and_then(Result::ok),
+        };
         Self::finish_read(slf, read, MAX_READ, "data_received", || {
-            let data = data.expect("delivered only after a successful read")?;
+            let data = data.expect("delivered only after a successful read");
             let called = protocol.call_method1(pyo3::intern!(py, "data_received"), (&data,)).map(drop);
             DATA_SPARE.with(|spare| spare.keep(data));
             called
@@ -506,6 +516,13 @@ impl StreamTransport {
             return Self::callback_failed(slf, err, callback);
         }
         Ok(if n == capacity { ReadOutcome::More } else { ReadOutcome::Short })
+    }
+
+    /// The data read could not be handed over (no memory for its bytes object):
+    /// as asyncio when `recv` itself fails, a fatal read error.
+    fn read_failed(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<ReadOutcome> {
+        Self::fatal_error(slf, err, "Fatal read error on socket transport")?;
+        Ok(ReadOutcome::Closed)
     }
 
     /// A protocol callback raised: SystemExit/KeyboardInterrupt go up, anything else
