@@ -2,6 +2,7 @@
 signal storms, Ctrl-C with asyncio.Runner, cleanup on loop.close()."""
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -495,6 +496,41 @@ def test_ctrl_c_with_runner(loop, loop_name, script):
     assert rc == -signal.SIGINT, err.decode(errors="replace")[-2000:]
     assert err.rstrip().endswith(b"KeyboardInterrupt"), err.decode(errors="replace")[-2000:]
     assert b"Traceback" in err
+
+
+def test_signal_during_a_c_callback_is_handled_before_sleeping(loop):
+    """A signal delivered while a C function runs as a callback (libc's
+    raise(3) through ctypes: no Python code runs between it and the loop's next
+    poll, and nothing checks for signals on the way) still has its Python
+    handler run before the loop goes to sleep: the handler stops the loop, long
+    before the safety timer would."""
+    raise_ = getattr(ctypes.CDLL(None, use_errno=True), "raise")
+    raise_.argtypes = [ctypes.c_int]
+    got, fired = [], []
+
+    def handler(signum, frame):
+        got.append(signum)
+        loop.stop()
+
+    def safety():
+        fired.append(True)
+        loop.stop()
+
+    # A first run of the same callback with signal 0 (none sent): glassloop names
+    # a callback site the first time it meets one, which runs Python code.
+    loop.call_soon(raise_, 0)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        loop.call_soon(raise_, signal.SIGUSR1)
+        timer = loop.call_later(30, safety)
+        loop.run_forever()
+        timer.cancel()
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert got == [signal.SIGUSR1]
+    assert fired == [], "the loop slept through the signal until the safety timer"
 
 
 def test_ctrl_c_run_forever(loop, loop_name):

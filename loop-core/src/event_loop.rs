@@ -380,6 +380,13 @@ impl LoopCore {
                 poller = Some(p);
                 polled
             } else {
+                // A signal that came while no Python code ran (during a builtin
+                // callback, or our own work since) has its Python handler pending,
+                // and brings no EINTR to a poll that starts after it: run the handler
+                // now, and sleep only if it neither scheduled anything nor stopped the loop.
+                py.check_signals()?;
+                let idle = self.state.with(py, |s| s.ready.is_empty()) && !self.stopping.load(Ordering::Relaxed);
+                let timeout = if idle { timeout } else { Some(Duration::ZERO) };
                 self.sleeping.store(true, Ordering::SeqCst);
                 let polled = py.detach(|| {
                     let mut p = self.poller.lock().unwrap_or_else(|e| e.into_inner());
