@@ -23,6 +23,7 @@ unless ``--timeout``, ``PYTEST_TIMEOUT``, an ini ``timeout`` or a
 import asyncio
 import gc
 import os
+import signal
 import sys
 
 import pytest
@@ -42,6 +43,15 @@ LOOP_NAMES = ("glassloop", "asyncio")
 # ---------------------------------------------------------------------------
 
 def pytest_configure(config):
+    # A run started in the background (`cmd &` in a script ignores SIGINT, nohup
+    # SIGHUP) hands the ignored signals down to every child: the Ctrl-C and
+    # kill/terminate tests' children would never see them. Put the defaults back
+    # here, so children start with them too.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
     config.addinivalue_line(
         "markers",
         "unexpected_errors_ok: do not fail the test when the loop's exception "

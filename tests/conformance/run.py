@@ -658,6 +658,11 @@ def failure_categories(res, top=15):
 
 
 def main(argv=None):
+    # Started in the background (`cmd &` in a script), we and our workers would
+    # ignore SIGINT, and test_runners' Ctrl-C tests would hang: restore Python's
+    # handler, which the workers then start with.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     ap = argparse.ArgumentParser(
         description="Run CPython's test.test_asyncio suites on a chosen event loop.")
     g = ap.add_mutually_exclusive_group(required=True)
