@@ -80,15 +80,18 @@ impl Drop for State {
     // A loop freed without close() (nor the collector's __clear__) still hands its
     // queued handles back through `Taken`, so one held elsewhere is tracked again.
     fn drop(&mut self) {
-        if self.ready.iter().any(|r| matches!(r, Ready::Call { .. })) {
+        if !self.ready.is_empty() {
             let ready = std::mem::take(&mut self.ready);
-            Python::attach(|py| {
-                for entry in ready {
-                    if let Ready::Call { handle, .. } = entry {
-                        drop(handles::Taken(handle.into_bound(py)));
-                    }
-                }
-            });
+            Python::attach(|py| release_ready(py, ready));
+        }
+    }
+}
+
+/// Drops a ready queue the loop let go of; its handles go through `Taken`.
+fn release_ready(py: Python<'_>, ready: VecDeque<Ready>) {
+    for entry in ready {
+        if let Ready::Call { handle, .. } = entry {
+            drop(handles::Taken(handle.into_bound(py)));
         }
     }
 }
@@ -1343,11 +1346,7 @@ impl LoopCore {
             s.watchers.clear(&self.registry, &mut handles, &mut transports);
             (std::mem::take(&mut s.ready), s.tasks.clear())
         });
-        for entry in ready {
-            if let Ready::Call { handle, .. } = entry {
-                drop(handles::Taken(handle.into_bound(py)));
-            }
-        }
+        release_ready(py, ready);
         drop((timers, handles, transports, task_entries));
     }
 

@@ -48,7 +48,7 @@ impl SpareBytes {
     pub(crate) fn copy_of<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         let obj = self.take(py, data.len())?;
         // SAFETY: `obj` has `data.len()` writable bytes and only we reference it (see `take`).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ffi::PyBytes_AsString(obj.as_ptr()).cast(), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), data_ptr(&obj).cast::<u8>(), data.len()) };
         Ok(obj)
     }
 

@@ -158,11 +158,7 @@ impl Tasks {
         let near = [last.wrapping_add(1), last.wrapping_sub(1)];
         let slot = match near.into_iter().find(|&s| self.holding(s, task).is_some()) {
             Some(slot) => slot,
-            None => {
-                let slot = *self.index.get(&task)?;
-                self.holding(slot, task)?;
-                slot
-            }
+            None => self.get(task)?.0 .0,
         };
         self.last_stepped = slot;
         self.slots[slot as usize].as_ref().map(|l| (Slot(slot), &l.entry))
@@ -327,13 +323,12 @@ impl Tasks {
 pub fn untracked_weakref(task: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let py = task.py();
     // SAFETY: GIL held; PyWeakref_NewRef returns a new reference or NULL with an
-    // error set. Untracking an object that holds no strong references is sound
-    // (and a no-op for one already untracked, such as a shared ref we made before).
+    // error set. Untracking an object that holds no strong references is sound,
+    // and PyObject_GC_UnTrack does nothing to one already untracked (a shared ref
+    // we made before).
     unsafe {
         let weak = Bound::from_owned_ptr_or_err(py, ffi::PyWeakref_NewRef(task.as_ptr(), std::ptr::null_mut()))?;
-        if ffi::PyObject_GC_IsTracked(weak.as_ptr()) != 0 {
-            ffi::PyObject_GC_UnTrack(weak.as_ptr().cast());
-        }
+        ffi::PyObject_GC_UnTrack(weak.as_ptr().cast());
         Ok(weak.unbind())
     }
 }

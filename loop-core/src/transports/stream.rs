@@ -165,6 +165,14 @@ pub(super) fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
 }
 
 /// `recv(2)` into `len` bytes at `buf`, retried on EINTR; Err(errno) otherwise.
+/// `protocol.data_received(data)`; then `data` becomes the next read's spare if
+/// the protocol kept no reference to it.
+fn deliver_bytes(protocol: &Bound<'_, PyAny>, data: Bound<'_, PyBytes>) -> PyResult<()> {
+    let called = protocol.call_method1(pyo3::intern!(protocol.py(), "data_received"), (&data,)).map(drop);
+    DATA_SPARE.with(|spare| spare.keep(data));
+    called
+}
+
 fn recv_retrying(fd: RawFd, buf: *mut libc::c_void, len: usize) -> Result<usize, i32> {
     loop {
         // SAFETY: callers pass a buffer valid for `len` writable bytes.
@@ -436,11 +444,7 @@ impl StreamTransport {
             },
             _ => data,
         };
-        Self::finish_read(slf, read, MAX_READ, "data_received", || {
-            let called = protocol.call_method1(pyo3::intern!(py, "data_received"), (&data,)).map(drop);
-            DATA_SPARE.with(|spare| spare.keep(data));
-            called
-        })
+        Self::finish_read(slf, read, MAX_READ, "data_received", || deliver_bytes(protocol, data))
     }
 
     fn read_to_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<ReadOutcome> {
@@ -459,10 +463,7 @@ impl StreamTransport {
             other => other.and_then(Result::ok),
         };
         Self::finish_read(slf, read, MAX_READ, "data_received", || {
-            let data = data.expect("delivered only after a successful read");
-            let called = protocol.call_method1(pyo3::intern!(py, "data_received"), (&data,)).map(drop);
-            DATA_SPARE.with(|spare| spare.keep(data));
-            called
+            deliver_bytes(protocol, data.expect("delivered only after a successful read"))
         })
     }
 
