@@ -523,6 +523,80 @@ def test_unclosed_loop_in_a_cycle_with_a_held_pending_handle_is_collected(loop_f
     assert any("unclosed event loop" in str(w.message) for w in caught), [str(w.message) for w in caught]
 
 
+GC_VAR = contextvars.ContextVar("gc_var")
+# Enough queued callbacks for a loop to treat its queue as a backlog (glassloop
+# then keeps queued handles' contexts out of the collector's lists).
+BACKLOG = 200
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.parametrize("threadsafe", [False, True])
+def test_unclosed_loop_in_a_cycle_through_a_pending_callbacks_context_is_collected(loop_factory, threadsafe):
+    """loop -> ready queue -> handle -> its copy of the context -> a context
+    variable's value -> loop: the cycle runs through the context call_soon copied,
+    which nobody but the handle holds. Dropped unclosed, the loop is freed."""
+    lp = loop_factory()
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.lp = lp
+
+    def schedule():
+        GC_VAR.set(holder)
+        for _ in range(BACKLOG):
+            (lp.call_soon_threadsafe if threadsafe else lp.call_soon)(named_callback)
+
+    contextvars.copy_context().run(schedule)
+    loop_ref = weakref.ref(lp)
+    del holder, lp
+    gc.collect()
+    assert loop_ref() is None
+
+
+@pytest.mark.parametrize("getter", ["_context"] + (["get_context"] if PY312 else []))  # get_context(): 3.12+
+def test_context_taken_from_a_pending_handle_is_collected_in_a_cycle(loop, getter):
+    """The context of a queued handle, once someone else holds it, is freed with a
+    cycle it is part of (context -> value -> context), after the handle ran."""
+    class Holder:
+        pass
+
+    for _ in range(BACKLOG):
+        loop.call_soon(named_callback)
+    handle = loop.call_soon(named_callback)
+    ctx = handle.get_context() if getter == "get_context" else handle._context
+    holder = Holder()
+    ctx.run(GC_VAR.set, holder)
+    holder.ctx = ctx
+    holder_ref = weakref.ref(holder)
+    run_one_iteration(loop)
+    del handle, ctx, holder
+    gc.collect()
+    assert holder_ref() is None
+
+
+def test_context_set_in_a_callback_stays_in_its_copy(loop):
+    """Each call_soon runs in its own copy of the caller's context: what one
+    callback sets is not seen by the next one, nor by the caller."""
+    seen = []
+
+    def setter(value):
+        GC_VAR.set(value)
+        seen.append(GC_VAR.get())
+
+    def getter():
+        seen.append(GC_VAR.get("unset"))
+
+    for i in range(BACKLOG):
+        loop.call_soon(setter, i)
+        loop.call_soon(getter)
+    gc.collect()
+    run_one_iteration(loop)
+    assert seen == [x for i in range(BACKLOG) for x in (i, "unset")]
+    assert GC_VAR.get("unset") == "unset"
+
+
 def test_many_pending_callbacks_keep_their_arguments(loop):
     """Arguments of callbacks waiting in the queue survive collections."""
     got = []

@@ -212,9 +212,9 @@ impl LoopCore {
 
     fn schedule<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, Handle>> {
         let handle = Bound::new(py, handle)?;
-        handles::untrack_pending(&handle);
         let queued = handle.clone().unbind();
         self.state.with(py, |s| {
+            handles::untrack_pending(&handle, s.ready.len() >= handles::CONTEXT_BACKLOG);
             let queued_ns = s.now_ns;
             s.ready.push_back(Ready::Call { handle: queued, queued_ns })
         });
@@ -271,11 +271,13 @@ impl LoopCore {
         }
         let args = Args::from_slice(py, args)?;
         let handle = Bound::new(py, Handle::with_args(py, callback.to_owned(), args, context.map(|c| c.to_owned()), self.is_debug())?)?;
-        handles::untrack_pending(&handle);
         let queued = handle.clone().unbind();
         // Another thread: the loop's cached "now" may be a whole poll old.
         let queued_ns = clock::now_ns();
-        self.state.with(py, |s| s.ready.push_back(Ready::Call { handle: queued, queued_ns }));
+        self.state.with(py, |s| {
+            handles::untrack_pending(&handle, s.ready.len() >= handles::CONTEXT_BACKLOG);
+            s.ready.push_back(Ready::Call { handle: queued, queued_ns })
+        });
         // The loop sets `sleeping` while holding the GIL, right before it releases it
         // to poll, so under the GIL we either see it set (and wake the poll) or the
         // loop has not computed its timeout yet (and will see our handle).
@@ -837,6 +839,7 @@ impl LoopCore {
             for entry in &s.ready {
                 if let Ready::Call { handle, .. } = entry {
                     handles::track_if_shared(handle.bind(py));
+                    handles::track_context_if_shared(handle.bind(py));
                 }
             }
         });

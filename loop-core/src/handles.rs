@@ -148,14 +148,6 @@ impl Args {
             Args::Many(t) => drop(t.into_bound(py)),
         }
     }
-
-    fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        match self {
-            Args::Zero => Ok(()),
-            Args::One(a) => visit.call(a),
-            Args::Many(t) => visit.call(t),
-        }
-    }
 }
 
 struct Callback {
@@ -170,6 +162,8 @@ pub struct Handle {
     callback: GilCell<Option<Callback>>,
     context: Py<PyAny>,
     cancelled: AtomicBool,
+    /// The context is out of the collector's lists (see "Contexts" below).
+    context_untracked: AtomicBool,
     source_traceback: Option<Py<PyAny>>,
 }
 
@@ -205,6 +199,7 @@ impl Handle {
             callback: GilCell::new(Some(Callback { func: func.unbind(), args })),
             context,
             cancelled: AtomicBool::new(false),
+            context_untracked: AtomicBool::new(false),
             source_traceback,
         })
     }
@@ -224,16 +219,33 @@ impl Handle {
         true
     }
 
-    /// The collector's visit of what the handle references.
-    fn visit_contents(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        self.callback
-            .try_peek(|cb| match cb {
-                Some(cb) => visit.call(&cb.func).and_then(|_| cb.args.traverse(visit)),
-                None => Ok(()),
-            })
-            .unwrap_or(Ok(()))?;
-        visit.call(&self.context)?;
-        visit.call(&self.source_traceback)
+    /// The collector's visit of what the handle references, through PyO3's
+    /// visitor: the same walk as the installed `tp_traverse` ([`traverse`]).
+    fn visit_contents(slf: *mut ffi::PyObject, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        let mut through = ThroughPyVisit { visit, stopped: None };
+        // SAFETY: GIL held (a collector visit); `slf` is a live handle and
+        // `through` outlives the call, which is the only user of the pointer.
+        match unsafe { traverse(slf, through_pyvisit, (&raw mut through).cast()) } {
+            0 => Ok(()),
+            _ => through.stopped.map_or(Ok(()), Err),
+        }
+    }
+
+    /// The context, handed out: from now on someone else holds it too, so the
+    /// collector must watch it (see "Contexts" below).
+    fn shared_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.track_context();
+        self.context.clone_ref(py)
+    }
+
+    /// Puts the context back in the collector's lists if `untrack_pending` took it out.
+    #[inline]
+    fn track_context(&self) {
+        if self.context_untracked.swap(false, Ordering::Relaxed) {
+            // SAFETY: GIL held by every caller; the context is a live Context,
+            // untracked by `untrack_pending` and by nothing else since.
+            unsafe { ffi::PyObject_GC_Track(self.context.as_ptr().cast()) }
+        }
     }
 
     pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -302,9 +314,11 @@ impl Handle {
 #[pymethods]
 impl Handle {
     // A handle's callback is often a bound method of an object that references the
-    // handle back (a transport, the loop): let the garbage collector see through it.
-    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        self.visit_contents(&visit)
+    // handle back (a transport, the loop): the collector must see through it.
+    // Declared so PyO3 makes Handle a GC type; `install_slots` replaces the slot
+    // with `traverse` at import, so this body never runs.
+    fn __traverse__(&self, _visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        Ok(())
     }
 
     fn __clear__(&self) {
@@ -323,7 +337,7 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.shared_context(py)
     }
 
     #[getter]
@@ -344,7 +358,7 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.shared_context(py)
     }
 
     #[getter]
@@ -482,11 +496,97 @@ fn same_timer(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
 // the loop lets go of a handle someone else still holds, the handle is tracked
 // again (`Taken`), as asyncio's always is.
 
-/// Takes a handle the loop just queued out of the collector's lists.
+//
+// Contexts. `call_soon` without `context=` copies the current context for each
+// handle (as asyncio does), and a copy is itself a tracked object: a burst of a
+// million callbacks is a million contexts for every full collection to walk. When
+// the ready queue holds a backlog, a copy only the queued handle references goes
+// out of the collector's lists with its handle, and the handle's visit walks what
+// the context references in its place (`visit_context`). (Without a backlog the
+// few queued contexts cost the collector little, and untracking them would cost
+// each callback of a chain.) The context is tracked again whenever someone else
+// may reference it: when its handle is tracked again, when it is handed out
+// (`get_context()`, `_context`), before a full collection if someone else got
+// hold of it (`gc.get_referents`), and when its handle is freed (CPython frees a
+// context assuming it is tracked: `context_tp_dealloc` unlinks it unchecked).
+
+/// Ready-queue length from which a queued handle's context is untracked too.
+pub const CONTEXT_BACKLOG: usize = 64;
+
+/// Takes a handle the loop is queueing out of the collector's lists, and with a
+/// `backlog`, its context too if the handle is the context's only owner.
 #[inline]
-pub fn untrack_pending(handle: &Bound<'_, Handle>) {
+pub fn untrack_pending(handle: &Bound<'_, Handle>, backlog: bool) {
     // SAFETY: GIL held; a live instance of a GC type, tracked since its allocation.
     unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) }
+    if backlog {
+        let this = handle.get();
+        let ctx = this.context.as_ptr();
+        // SAFETY: as above; the handle keeps `ctx` alive. A Context is a GC
+        // type; only a tracked one is untracked.
+        unsafe {
+            if ffi::PyContext_CheckExact(ctx) != 0 && ffi::Py_REFCNT(ctx) == 1 && ffi::PyObject_GC_IsTracked(ctx) != 0 {
+                ffi::PyObject_GC_UnTrack(ctx.cast());
+                this.context_untracked.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Before a full collection: a queued handle's context that someone else got
+/// hold of goes back under the collector's watch.
+pub fn track_context_if_shared(handle: &Bound<'_, Handle>) {
+    let this = handle.get();
+    // SAFETY: GIL held (a Bound); the handle keeps the context alive.
+    if unsafe { ffi::Py_REFCNT(this.context.as_ptr()) } > 1 {
+        this.track_context();
+    }
+}
+
+/// The visit of a handle's context: the context itself if tracked; else, when the
+/// handle is its only owner, what it references (as if the handle held those
+/// directly); else nothing, which keeps what it references alive until a full
+/// collection (`LoopCore::_track_shared_handles` tracks it first).
+///
+/// # Safety
+/// GIL held, during a collector's traverse.
+unsafe fn visit_context(handle: &Handle, visit: ffi::visitproc, arg: *mut std::os::raw::c_void) -> c_int {
+    let ctx = handle.context.as_ptr();
+    unsafe {
+        if !handle.context_untracked.load(Ordering::Relaxed) {
+            visit(ctx, arg)
+        } else if ffi::Py_REFCNT(ctx) == 1 {
+            match (*ffi::Py_TYPE(ctx)).tp_traverse {
+                Some(traverse_context) => traverse_context(ctx, visit, arg),
+                None => 0,
+            }
+        } else {
+            0
+        }
+    }
+}
+
+/// PyO3's visitor behind a raw `visitproc`, and the error that stopped it.
+struct ThroughPyVisit<'a, 'v> {
+    visit: &'a pyo3::PyVisit<'v>,
+    stopped: Option<pyo3::PyTraverseError>,
+}
+
+unsafe extern "C" fn through_pyvisit(obj: *mut ffi::PyObject, arg: *mut std::os::raw::c_void) -> c_int {
+    // SAFETY: `arg` is the `ThroughPyVisit` of `Handle::visit_contents`, alive for
+    // the traverse; `obj` is a live object the traverse visits, borrowed (the
+    // ManuallyDrop leaves its reference count alone).
+    unsafe {
+        let through = &mut *arg.cast::<ThroughPyVisit<'_, '_>>();
+        let obj = std::mem::ManuallyDrop::new(Bound::from_owned_ptr(Python::assume_attached(), obj).unbind());
+        match through.visit.call(&*obj) {
+            Ok(()) => 0,
+            Err(e) => {
+                through.stopped = Some(e);
+                1
+            }
+        }
+    }
 }
 
 /// A handle the loop took off its ready queue. Dropping it drops the loop's
@@ -510,6 +610,7 @@ pub fn track_if_shared(handle: &Bound<'_, Handle>) {
     unsafe {
         if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
             ffi::PyObject_GC_Track(ptr.cast());
+            handle.get().track_context();
         }
     }
 }
@@ -525,7 +626,7 @@ pub fn visit_pending(handle: &Py<Handle>, visit: &pyo3::PyVisit<'_>) -> Result<(
         visit.call(handle)
     } else if refcnt == 1 {
         // SAFETY: GIL held (see above); `get` reads the frozen Rust value.
-        unsafe { pyo3::Borrowed::from_ptr(Python::assume_attached(), ptr).cast_unchecked::<Handle>() }.get().visit_contents(visit)
+        Handle::visit_contents(ptr, visit)
     } else {
         // Held elsewhere too: a full collection tracks it first
         // (`LoopCore::_track_shared_handles`); a younger one leaves it be.
@@ -566,7 +667,8 @@ unsafe extern "C" fn traverse(obj: *mut ffi::PyObject, visit: ffi::visitproc, ar
         0 => {}
         stop => return stop,
     }
-    match visit_one(handle.context.as_ptr()) {
+    // SAFETY: as above; the context is a live reference held by the handle.
+    match unsafe { visit_context(handle, visit, arg) } {
         0 => visit_one(handle.source_traceback.as_ref().map_or(std::ptr::null_mut(), |tb| tb.as_ptr())),
         stop => stop,
     }
@@ -626,11 +728,16 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
         };
         // Moved out, then dropped by plain decrefs (see Args::release).
         let py = Python::assume_attached();
-        let Handle { callback, context, cancelled: _, source_traceback } =
+        let Handle { callback, context, cancelled: _, context_untracked, source_traceback } =
             std::ptr::read(obj.cast::<u8>().offset(offset).cast::<Handle>());
         if let Some(Callback { func, args }) = callback.into_inner() {
             drop(func.into_bound(py));
             args.release(py);
+        }
+        if context_untracked.into_inner() {
+            // Tracked again before it goes: a context outliving its handle is held
+            // by someone else, and CPython frees a context assuming it is tracked.
+            ffi::PyObject_GC_Track(context.as_ptr().cast());
         }
         drop(context.into_bound(py));
         drop(source_traceback.map(|tb| tb.into_bound(py)));
