@@ -280,8 +280,11 @@ impl LoopCore {
         });
         // The loop sets `sleeping` while holding the GIL, right before it releases it
         // to poll, so under the GIL we either see it set (and wake the poll) or the
-        // loop has not computed its timeout yet (and will see our handle).
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+        // loop has not computed its timeout yet (and will see our handle). The flag
+        // is only touched under the GIL, whose hand-over orders it: a plain load
+        // leaves its cache line shared while the loop is busy.
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.sleeping.store(false, Ordering::Relaxed);
             self.waker.wake().map_err(os_error)?;
         }
         Ok(handle)
@@ -392,13 +395,13 @@ impl LoopCore {
                 py.check_signals()?;
                 let idle = self.state.with(py, |s| s.ready.is_empty()) && !self.stopping.load(Ordering::Relaxed);
                 let timeout = if idle { timeout } else { Some(Duration::ZERO) };
-                self.sleeping.store(true, Ordering::SeqCst);
+                self.sleeping.store(true, Ordering::Relaxed);
                 let polled = py.detach(|| {
                     let mut p = self.poller.lock().unwrap_or_else(|e| e.into_inner());
                     let Poller { poll, events } = &mut *p;
                     poll.poll(events, timeout)
                 });
-                self.sleeping.store(false, Ordering::SeqCst);
+                self.sleeping.store(false, Ordering::Relaxed);
                 poller = Some(self.poller.lock().unwrap_or_else(|e| e.into_inner()));
                 polled
             };
