@@ -530,11 +530,11 @@ BACKLOG = 200
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-@pytest.mark.parametrize("threadsafe", [False, True])
-def test_unclosed_loop_in_a_cycle_through_a_pending_callbacks_context_is_collected(loop_factory, threadsafe):
-    """loop -> ready queue -> handle -> its copy of the context -> a context
-    variable's value -> loop: the cycle runs through the context call_soon copied,
-    which nobody but the handle holds. Dropped unclosed, the loop is freed."""
+@pytest.mark.parametrize("kind", ["call_soon", "call_soon_threadsafe", "call_later"])
+def test_unclosed_loop_in_a_cycle_through_a_pending_callbacks_context_is_collected(loop_factory, kind):
+    """loop -> ready queue (or timers) -> handle -> its copy of the context -> a
+    context variable's value -> loop: the cycle runs through the context the loop
+    copied, which nobody but the handle holds. Dropped unclosed, the loop is freed."""
     lp = loop_factory()
 
     class Holder:
@@ -546,7 +546,10 @@ def test_unclosed_loop_in_a_cycle_through_a_pending_callbacks_context_is_collect
     def schedule():
         GC_VAR.set(holder)
         for _ in range(BACKLOG):
-            (lp.call_soon_threadsafe if threadsafe else lp.call_soon)(named_callback)
+            if kind == "call_later":
+                lp.call_later(3600, named_callback)
+            else:
+                getattr(lp, kind)(named_callback)
 
     contextvars.copy_context().run(schedule)
     loop_ref = weakref.ref(lp)

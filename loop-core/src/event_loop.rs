@@ -233,7 +233,12 @@ impl LoopCore {
         let counter = self.state.with(py, |s| s.timers.cancel_counter());
         let timer = Bound::new(py, TimerHandle::new_pair(handle, when, counter))?;
         let queued = timer.clone().unbind();
-        self.state.with(py, |s| s.timers.push(when, queued));
+        self.state.with(py, |s| {
+            if s.timers.len() >= handles::CONTEXT_BACKLOG {
+                handles::untrack_context(timer.as_super().get());
+            }
+            s.timers.push(when, queued)
+        });
         Ok(timer)
     }
 

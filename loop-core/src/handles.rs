@@ -155,15 +155,52 @@ struct Callback {
     args: Args,
 }
 
+/// A handle's context, and whether the loop took it out of the collector's lists
+/// (see "Contexts" below).
+struct HandleContext {
+    object: std::mem::ManuallyDrop<Py<PyAny>>,
+    untracked: AtomicBool,
+}
+
+impl HandleContext {
+    fn new(object: Py<PyAny>) -> Self {
+        HandleContext { object: std::mem::ManuallyDrop::new(object), untracked: AtomicBool::new(false) }
+    }
+
+    #[inline]
+    fn as_ptr(&self) -> *mut ffi::PyObject {
+        self.object.as_ptr()
+    }
+
+    /// Puts the context back in the collector's lists if the loop took it out.
+    #[inline]
+    fn track(&self) {
+        if self.untracked.swap(false, Ordering::Relaxed) {
+            // SAFETY: GIL held by every caller; a live Context, untracked by
+            // `untrack_context` and by nothing else since.
+            unsafe { ffi::PyObject_GC_Track(self.as_ptr().cast()) }
+        }
+    }
+}
+
+impl Drop for HandleContext {
+    fn drop(&mut self) {
+        // Tracked again before the reference goes: a context outliving its handle is
+        // held by someone else, and CPython frees a context assuming it is tracked.
+        self.track();
+        // SAFETY: handles are freed with the GIL held; a plain decref (dropping a
+        // `Py` first asks PyO3 whether the thread is attached, a thread-local read).
+        unsafe { ffi::Py_DECREF(self.as_ptr()) }
+    }
+}
+
 /// A callback scheduled with `call_soon` (and the base of `TimerHandle`).
 #[pyclass(frozen, subclass, module = "glassloop._core", name = "Handle")]
 pub struct Handle {
     /// `None` once cancelled: asyncio drops the callback then, to break reference cycles.
     callback: GilCell<Option<Callback>>,
-    context: Py<PyAny>,
+    context: HandleContext,
     cancelled: AtomicBool,
-    /// The context is out of the collector's lists (see "Contexts" below).
-    context_untracked: AtomicBool,
     source_traceback: Option<Py<PyAny>>,
 }
 
@@ -197,9 +234,8 @@ impl Handle {
         };
         Ok(Handle {
             callback: GilCell::new(Some(Callback { func: func.unbind(), args })),
-            context,
+            context: HandleContext::new(context),
             cancelled: AtomicBool::new(false),
-            context_untracked: AtomicBool::new(false),
             source_traceback,
         })
     }
@@ -234,18 +270,8 @@ impl Handle {
     /// The context, handed out: from now on someone else holds it too, so the
     /// collector must watch it (see "Contexts" below).
     fn shared_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.track_context();
-        self.context.clone_ref(py)
-    }
-
-    /// Puts the context back in the collector's lists if `untrack_pending` took it out.
-    #[inline]
-    fn track_context(&self) {
-        if self.context_untracked.swap(false, Ordering::Relaxed) {
-            // SAFETY: GIL held by every caller; the context is a live Context,
-            // untracked by `untrack_pending` and by nothing else since.
-            unsafe { ffi::PyObject_GC_Track(self.context.as_ptr().cast()) }
-        }
+        self.context.track();
+        self.context.object.clone_ref(py)
     }
 
     pub fn source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -510,25 +536,32 @@ fn same_timer(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResul
 // hold of it (`gc.get_referents`), and when its handle is freed (CPython frees a
 // context assuming it is tracked: `context_tp_dealloc` unlinks it unchecked).
 
-/// Ready-queue length from which a queued handle's context is untracked too.
+/// Ready-queue (or timer-heap) length from which a queued handle's context is
+/// untracked too.
 pub const CONTEXT_BACKLOG: usize = 64;
 
 /// Takes a handle the loop is queueing out of the collector's lists, and with a
-/// `backlog`, its context too if the handle is the context's only owner.
+/// `backlog`, its context too (see [`untrack_context`]).
 #[inline]
 pub fn untrack_pending(handle: &Bound<'_, Handle>, backlog: bool) {
     // SAFETY: GIL held; a live instance of a GC type, tracked since its allocation.
     unsafe { ffi::PyObject_GC_UnTrack(handle.as_ptr().cast()) }
     if backlog {
-        let this = handle.get();
-        let ctx = this.context.as_ptr();
-        // SAFETY: as above; the handle keeps `ctx` alive. A Context is a GC
-        // type; only a tracked one is untracked.
-        unsafe {
-            if ffi::PyContext_CheckExact(ctx) != 0 && ffi::Py_REFCNT(ctx) == 1 && ffi::PyObject_GC_IsTracked(ctx) != 0 {
-                ffi::PyObject_GC_UnTrack(ctx.cast());
-                this.context_untracked.store(true, Ordering::Relaxed);
-            }
+        untrack_context(handle.get());
+    }
+}
+
+/// Takes the context of a handle the loop is queueing (or putting in its timer
+/// heap) out of the collector's lists, if the handle is its only owner.
+#[inline]
+pub fn untrack_context(handle: &Handle) {
+    let ctx = handle.context.as_ptr();
+    // SAFETY: GIL held by every caller; the handle keeps `ctx` alive. A Context is
+    // a GC type; only a tracked one is untracked.
+    unsafe {
+        if ffi::PyContext_CheckExact(ctx) != 0 && ffi::Py_REFCNT(ctx) == 1 && ffi::PyObject_GC_IsTracked(ctx) != 0 {
+            ffi::PyObject_GC_UnTrack(ctx.cast());
+            handle.context.untracked.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -539,7 +572,7 @@ pub fn track_context_if_shared(handle: &Bound<'_, Handle>) {
     let this = handle.get();
     // SAFETY: GIL held (a Bound); the handle keeps the context alive.
     if unsafe { ffi::Py_REFCNT(this.context.as_ptr()) } > 1 {
-        this.track_context();
+        this.context.track();
     }
 }
 
@@ -553,7 +586,7 @@ pub fn track_context_if_shared(handle: &Bound<'_, Handle>) {
 unsafe fn visit_context(handle: &Handle, visit: ffi::visitproc, arg: *mut std::os::raw::c_void) -> c_int {
     let ctx = handle.context.as_ptr();
     unsafe {
-        if !handle.context_untracked.load(Ordering::Relaxed) {
+        if !handle.context.untracked.load(Ordering::Relaxed) {
             visit(ctx, arg)
         } else if ffi::Py_REFCNT(ctx) == 1 {
             match (*ffi::Py_TYPE(ctx)).tp_traverse {
@@ -610,7 +643,7 @@ pub fn track_if_shared(handle: &Bound<'_, Handle>) {
     unsafe {
         if ffi::Py_REFCNT(ptr) > 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 {
             ffi::PyObject_GC_Track(ptr.cast());
-            handle.get().track_context();
+            handle.get().context.track();
         }
     }
 }
@@ -728,18 +761,13 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
         };
         // Moved out, then dropped by plain decrefs (see Args::release).
         let py = Python::assume_attached();
-        let Handle { callback, context, cancelled: _, context_untracked, source_traceback } =
+        let Handle { callback, context, cancelled: _, source_traceback } =
             std::ptr::read(obj.cast::<u8>().offset(offset).cast::<Handle>());
         if let Some(Callback { func, args }) = callback.into_inner() {
             drop(func.into_bound(py));
             args.release(py);
         }
-        if context_untracked.into_inner() {
-            // Tracked again before it goes: a context outliving its handle is held
-            // by someone else, and CPython frees a context assuming it is tracked.
-            ffi::PyObject_GC_Track(context.as_ptr().cast());
-        }
-        drop(context.into_bound(py));
+        drop(context);
         drop(source_traceback.map(|tb| tb.into_bound(py)));
         let free_list = &mut *FREE_HANDLES.objects.get();
         if ty == HANDLE_TYPE.load(Ordering::Relaxed) && free_list.len() < FREE_LIST_LEN {
