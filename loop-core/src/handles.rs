@@ -738,9 +738,49 @@ unsafe extern "C" fn alloc(ty: *mut ffi::PyTypeObject, nitems: ffi::Py_ssize_t) 
                 ffi::PyObject_GC_Track(obj.cast());
                 return obj;
             }
+            return alloc_uncounted(ty);
         }
         ffi::PyType_GenericAlloc(ty, nitems)
     }
+}
+
+/// Size of the collector's header (CPython's `PyGC_Head`, two words since 3.8)
+/// in front of a GC object with neither managed dict nor managed weakrefs, such as
+/// an exact `Handle`.
+const GC_HEADER: usize = 2 * std::mem::size_of::<usize>();
+
+/// A fresh exact `Handle`, laid out as `PyType_GenericAlloc` lays it out, but not
+/// counted toward the collector's next young collection. CPython counts each GC
+/// allocation as possible new garbage, and a backlog of handles (100,000 tasks
+/// created at once, a burst of `call_soon`) would set off collection after
+/// collection, and earlier full ones, that cannot free a queued handle: the loop
+/// holds it, untracked (`untrack_pending`). Freed by [`free_uncounted`].
+///
+/// # Safety
+/// GIL held; `ty` is the exact `Handle` type.
+unsafe fn alloc_uncounted(ty: *mut ffi::PyTypeObject) -> *mut ffi::PyObject {
+    unsafe {
+        let size = GC_HEADER + (*ty).tp_basicsize as usize;
+        let mem = ffi::PyObject_Malloc(size).cast::<u8>();
+        if mem.is_null() {
+            return ffi::PyErr_NoMemory();
+        }
+        std::ptr::write_bytes(mem, 0, size);
+        let obj = mem.add(GC_HEADER).cast::<ffi::PyObject>();
+        ffi::PyObject_Init(obj, ty);
+        ffi::PyObject_GC_Track(obj.cast());
+        obj
+    }
+}
+
+/// Frees an exact `Handle`'s memory, untracked, without the collector's count
+/// (which `alloc_uncounted` never raised).
+///
+/// # Safety
+/// GIL held; `obj` came from `alloc_uncounted` or `PyType_GenericAlloc` for the
+/// exact `Handle` type (the same layout) and is untracked.
+unsafe fn free_uncounted(obj: *mut ffi::PyObject) {
+    unsafe { ffi::PyObject_Free(obj.cast::<u8>().sub(GC_HEADER).cast()) }
 }
 
 /// `tp_dealloc` of `Handle` (and of Python subclasses, through their
@@ -770,10 +810,14 @@ unsafe extern "C" fn dealloc(obj: *mut ffi::PyObject) {
         drop(context);
         drop(source_traceback.map(|tb| tb.into_bound(py)));
         let free_list = &mut *FREE_HANDLES.objects.get();
-        if ty == HANDLE_TYPE.load(Ordering::Relaxed) && free_list.len() < FREE_LIST_LEN {
+        if ty != HANDLE_TYPE.load(Ordering::Relaxed) {
+            if let Some(free) = (*ty).tp_free {
+                free(obj.cast());
+            }
+        } else if free_list.len() < FREE_LIST_LEN {
             free_list.push(obj);
-        } else if let Some(free) = (*ty).tp_free {
-            free(obj.cast());
+        } else {
+            free_uncounted(obj);
         }
         // Instances of heap types hold a reference to their type (PyObject_Init took it).
         ffi::Py_DECREF(ty.cast());
