@@ -136,7 +136,7 @@ pub unsafe fn parse<'a, 'py>(
     for (i, value) in keyword_values.iter().enumerate() {
         // SAFETY: kwnames is a tuple of str with one entry per keyword value.
         let name = unsafe { ffi::PyTuple_GET_ITEM(kwnames, i as ffi::Py_ssize_t) };
-        if is_name(name, pyo3::intern!(py, "context"), c"context") {
+        if is_context(py, name) {
             context = Some(unsafe { Borrowed::from_ptr(py, *value) });
             continue;
         }
@@ -164,11 +164,29 @@ pub unsafe fn parse<'a, 'py>(
     Ok(Call { named: [bind(named[0]), bind(named[1])], rest: &positional[taken..], context })
 }
 
-/// Keyword names are almost always interned: compare addresses before text.
+/// A `context` keyword name that C code passed: CPython's own static string (in
+/// 3.11 not the object `intern!` finds), kept with a reference the first time it
+/// compares equal, so every later call from C matches it by address.
+static CONTEXT_NAME_SEEN: std::sync::atomic::AtomicPtr<ffi::PyObject> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Keyword names are almost always interned or static: compare addresses before text.
 #[inline]
-fn is_name(name: *mut ffi::PyObject, interned: &Bound<'_, pyo3::types::PyString>, text: &CStr) -> bool {
-    // SAFETY: `name` is a str (CPython checks keyword names are strings).
-    name == interned.as_ptr() || unsafe { ffi::PyUnicode_CompareWithASCIIString(name, text.as_ptr()) } == 0
+fn is_context(py: Python<'_>, name: *mut ffi::PyObject) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    if name == pyo3::intern!(py, "context").as_ptr() || name == CONTEXT_NAME_SEEN.load(Relaxed) {
+        return true;
+    }
+    // SAFETY: `name` is a str (CPython checks keyword names are strings); GIL held.
+    if unsafe { ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) } != 0 {
+        return false;
+    }
+    if CONTEXT_NAME_SEEN.load(Relaxed).is_null() {
+        // SAFETY: GIL held (no other thread races this check); the reference taken
+        // is never released, so the address cannot name another object later.
+        unsafe { ffi::Py_INCREF(name) };
+        CONTEXT_NAME_SEEN.store(name, Relaxed);
+    }
+    true
 }
 
 fn is_param(name: *mut ffi::PyObject, param: &str) -> bool {
