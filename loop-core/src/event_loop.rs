@@ -1070,7 +1070,7 @@ impl LoopCore {
                 accepted: 0,
                 refused: 0,
             };
-            s.servers.insert(server.as_ptr() as usize, entry)
+            s.servers.insert(py, server.as_ptr() as usize, entry)
         });
         drop(gone);
         Ok(())
@@ -1079,7 +1079,7 @@ impl LoopCore {
     /// A server accepted a connection (asyncio handed the socket to a transport).
     fn _server_accepted(&self, py: Python<'_>, server: &Bound<'_, PyAny>) {
         self.state.with(py, |s| {
-            if let Some(e) = s.servers.get_mut(server.as_ptr() as usize) {
+            if let Some(e) = s.servers.get_mut(py, server.as_ptr() as usize) {
                 e.accepted += 1;
             }
         });
@@ -1088,7 +1088,7 @@ impl LoopCore {
     /// A server's `accept()` failed.
     fn _server_refused(&self, py: Python<'_>, server: &Bound<'_, PyAny>) {
         self.state.with(py, |s| {
-            if let Some(e) = s.servers.get_mut(server.as_ptr() as usize) {
+            if let Some(e) = s.servers.get_mut(py, server.as_ptr() as usize) {
                 e.refused += 1;
             }
         });

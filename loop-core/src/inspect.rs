@@ -411,7 +411,7 @@ impl LoopCore {
     /// server listens and its open connections are read from the `Server` itself.
     pub(crate) fn server_records(&self, py: Python<'_>) -> PyResult<Vec<ServerRecord>> {
         let (rows, gone) = self.state.with(py, |s| {
-            let gone = s.servers.prune();
+            let gone = s.servers.prune(py);
             let rows: Vec<(Py<PyAny>, ServerRecord)> = s
                 .servers
                 .entries()

@@ -11,7 +11,6 @@
 //! garbage-collected (pruned when the table is read or grows past `prune_at`).
 
 use inspector::TransportKind;
-use pyo3::ffi;
 use pyo3::prelude::*;
 use rustc_hash::FxHashMap as HashMap;
 
@@ -31,14 +30,12 @@ pub struct ServerEntry {
 impl ServerEntry {
     /// Whether this entry is for the live object at `addr` (and not for a collected
     /// server whose address was reused).
-    fn is(&self, addr: usize) -> bool {
-        // SAFETY: reading a weakref's referent (borrowed, not dereferenced) with the GIL held.
-        unsafe { ffi::PyWeakref_GetObject(self.weak.as_ptr()) as usize == addr }
+    fn is(&self, py: Python<'_>, addr: usize) -> bool {
+        crate::tasks::referent(py, &self.weak).is_some_and(|s| s.as_ptr() as usize == addr)
     }
 
-    fn is_dead(&self) -> bool {
-        // SAFETY: as in `is`.
-        unsafe { ffi::PyWeakref_GetObject(self.weak.as_ptr()) == ffi::Py_None() }
+    fn is_dead(&self, py: Python<'_>) -> bool {
+        crate::tasks::referent(py, &self.weak).is_none()
     }
 }
 
@@ -56,10 +53,10 @@ impl Servers {
     }
 
     /// Adds a server; returns entries that had to go (a reused address, collected servers).
-    pub fn insert(&mut self, addr: usize, entry: ServerEntry) -> Vec<ServerEntry> {
+    pub fn insert(&mut self, py: Python<'_>, addr: usize, entry: ServerEntry) -> Vec<ServerEntry> {
         let mut gone: Vec<ServerEntry> = self.by_addr.insert(addr, entry).into_iter().collect();
         if self.by_addr.len() >= self.prune_at.max(64) {
-            gone.extend(self.prune());
+            gone.extend(self.prune(py));
             self.prune_at = self.by_addr.len() * 2;
         }
         gone
@@ -67,15 +64,15 @@ impl Servers {
 
     /// Drops entries whose server was garbage-collected; returns them (to drop
     /// outside the loop state).
-    pub fn prune(&mut self) -> Vec<ServerEntry> {
-        let dead: Vec<usize> = self.by_addr.iter().filter(|(_, e)| e.is_dead()).map(|(k, _)| *k).collect();
+    pub fn prune(&mut self, py: Python<'_>) -> Vec<ServerEntry> {
+        let dead: Vec<usize> = self.by_addr.iter().filter(|(_, e)| e.is_dead(py)).map(|(k, _)| *k).collect();
         dead.into_iter().filter_map(|k| self.by_addr.remove(&k)).collect()
     }
 
     /// The entry of the live server at `addr`, if it is in the table.
     #[inline]
-    pub fn get_mut(&mut self, addr: usize) -> Option<&mut ServerEntry> {
-        self.by_addr.get_mut(&addr).filter(|e| e.is(addr))
+    pub fn get_mut(&mut self, py: Python<'_>, addr: usize) -> Option<&mut ServerEntry> {
+        self.by_addr.get_mut(&addr).filter(|e| e.is(py, addr))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &ServerEntry> {

@@ -69,20 +69,14 @@ impl Hold {
     pub fn task<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         match self {
             Hold::FirstStep(task) => Some(task.bind(py).clone()),
-            Hold::Weak(weak) => {
-                // SAFETY: GIL held; PyWeakref_GetObject returns a borrowed reference (None
-                // once the referent is gone), made owned at once.
-                let t = unsafe { Bound::from_borrowed_ptr(py, ffi::PyWeakref_GetObject(weak.as_ptr())) };
-                (!t.is_none()).then_some(t)
-            }
+            Hold::Weak(weak) => referent(py, weak),
         }
     }
 
-    fn is_gone(&self) -> bool {
+    fn is_gone(&self, py: Python<'_>) -> bool {
         match self {
             Hold::FirstStep(_) => false,
-            // SAFETY: reading a weakref's referent (borrowed, not dereferenced) with the GIL held.
-            Hold::Weak(weak) => unsafe { ffi::PyWeakref_GetObject(weak.as_ptr()) == ffi::Py_None() },
+            Hold::Weak(weak) => referent(py, weak).is_none(),
         }
     }
 
@@ -225,10 +219,9 @@ impl Tasks {
     /// Drops entries whose task was garbage-collected without finishing, and the
     /// index entries of tasks gone.
     pub fn prune(&mut self, py: Python<'_>) -> Vec<LiveTask> {
-        let _ = py;
         let dead: Vec<u32> = (0..self.slots.len() as u32)
             .filter(|&i| {
-                self.slots[i as usize].as_ref().is_some_and(|l| l.hold.is_gone())
+                self.slots[i as usize].as_ref().is_some_and(|l| l.hold.is_gone(py))
             })
             .collect();
         let gone: Vec<LiveTask> = dead.into_iter().filter_map(|i| self.release(i)).collect();
@@ -314,6 +307,14 @@ impl Tasks {
         let live = self.slots.drain(..).flatten().collect();
         (live, self.finished.drain(..).collect())
     }
+}
+
+/// The referent of a weak reference the loop keeps (a task's, a server's), if
+/// still alive: a new reference, as `PyWeakref_GetRef` gives (which replaces
+/// `PyWeakref_GetObject`, deprecated in 3.13).
+pub fn referent<'py>(py: Python<'py>, weak: &Py<PyAny>) -> Option<Bound<'py, PyAny>> {
+    use pyo3::types::{PyWeakref, PyWeakrefMethods};
+    weak.bind(py).cast::<PyWeakref>().ok()?.upgrade()
 }
 
 /// `weakref.ref(task)`, untracked by the garbage collector. A weak reference
