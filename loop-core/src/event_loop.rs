@@ -102,8 +102,7 @@ impl State {
     #[inline]
     fn record_run(&mut self, end_ns: u64, took: u64, lag: u64) {
         self.now_ns = end_ns;
-        self.recorder.callback(took);
-        self.recorder.delay(lag);
+        self.recorder.ran(took, lag);
     }
 }
 
