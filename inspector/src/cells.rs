@@ -26,6 +26,8 @@ const LEN: usize = ((TOP_SHIFT as usize) << HALF) + (1 << (HALF + 1));
 /// 8 aligned cells make exactly one cell of the 2-digit interval histograms
 /// (1024 → 128 cells per power of two, both powers of two wide).
 const CHUNK: usize = 8;
+/// Cells skipped at once when unchanged.
+const BLOCK: usize = 64;
 const COARSE_FROM: usize = 1024;
 
 /// Cumulative counts of durations (ns), never reset.
@@ -122,36 +124,43 @@ impl Cells {
     ///
     /// Each 3-digit cell lies inside one cell of the 2-digit interval histogram, so
     /// any value of it lands in the same place: the cell's lowest value is recorded.
-    /// The walk compares [`CHUNK`] cells at a time (most are unchanged), and from
-    /// [`COARSE_FROM`] on records a changed chunk once, as the one 2-digit cell it is.
+    /// The walk skips unchanged blocks of [`BLOCK`] cells, compares [`CHUNK`] cells
+    /// at a time inside the others, and from [`COARSE_FROM`] on records a changed
+    /// chunk once, as the one 2-digit cell it is.
     pub fn since(&self, prev: &mut Vec<u64>) -> DurationHistogram {
         let mut out = interval_histogram();
-        // Whole chunks, up to the one holding `top` (LEN is a multiple of CHUNK).
-        let end = (self.top / CHUNK + 1) * CHUNK;
+        // Whole blocks, up to the one holding `top` (LEN is a multiple of BLOCK).
+        let end = (self.top / BLOCK + 1) * BLOCK;
         if prev.len() < end {
             prev.resize(end, 0);
         }
-        let chunks = self.counts[..end].chunks_exact(CHUNK).zip(prev[..end].chunks_exact_mut(CHUNK));
-        for (c, (now, before)) in chunks.enumerate() {
+        let blocks = self.counts[..end].chunks_exact(BLOCK).zip(prev[..end].chunks_exact_mut(BLOCK));
+        for (b, (now, before)) in blocks.enumerate() {
+            // Most of the range is unchanged: skipped a block (one memcmp) at a time.
             if now == &*before {
                 continue;
             }
-            let base = c * CHUNK;
-            // Saturating: report what is there rather than underflow.
-            if base >= COARSE_FROM {
-                let n: u64 = now.iter().zip(before.iter()).map(|(&a, &b)| a.saturating_sub(b)).sum();
-                if n > 0 {
-                    out.saturating_record_n(Self::value_of(base), n);
+            for (c, (now, before)) in now.chunks_exact(CHUNK).zip(before.chunks_exact_mut(CHUNK)).enumerate() {
+                if now == &*before {
+                    continue;
                 }
-            } else {
-                for (j, (&a, &b)) in now.iter().zip(before.iter()).enumerate() {
-                    let n = a.saturating_sub(b);
+                let base = b * BLOCK + c * CHUNK;
+                // Saturating: report what is there rather than underflow.
+                if base >= COARSE_FROM {
+                    let n: u64 = now.iter().zip(before.iter()).map(|(&a, &b)| a.saturating_sub(b)).sum();
                     if n > 0 {
-                        out.saturating_record_n(Self::value_of(base + j), n);
+                        out.saturating_record_n(Self::value_of(base), n);
+                    }
+                } else {
+                    for (j, (&a, &b)) in now.iter().zip(before.iter()).enumerate() {
+                        let n = a.saturating_sub(b);
+                        if n > 0 {
+                            out.saturating_record_n(Self::value_of(base + j), n);
+                        }
                     }
                 }
+                before.copy_from_slice(now);
             }
-            before.copy_from_slice(now);
         }
         DurationHistogram(out)
     }
