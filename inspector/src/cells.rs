@@ -23,12 +23,12 @@ const HALF: u32 = 10;
 const TOP_SHIFT: u32 = 53;
 const LEN: usize = ((TOP_SHIFT as usize) << HALF) + (1 << (HALF + 1));
 /// Cells compared at once when cutting an interval. From cell [`COARSE_FROM`] on,
-/// 8 aligned cells make exactly one cell of the 2-digit interval histograms
-/// (1024 → 128 cells per power of two, both powers of two wide).
+/// 8 aligned cells make exactly one cell of the 2-digit interval histograms (1024
+/// cells per power of two here, 128 there, all of power-of-two widths).
 const CHUNK: usize = 8;
+const COARSE_FROM: usize = 1024;
 /// Cells skipped at once when unchanged.
 const BLOCK: usize = 64;
-const COARSE_FROM: usize = 1024;
 
 /// Cumulative counts of durations (ns), never reset.
 pub struct Cells {
