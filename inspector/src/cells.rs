@@ -94,7 +94,11 @@ impl Cells {
         debug_assert!(i < LEN);
         // SAFETY: `index` is below LEN for every u64 (see there), and `counts` has LEN cells.
         unsafe { *self.counts.get_unchecked_mut(i) += 1 };
-        self.top = self.top.max(i);
+        // A branch, not `max`: the top rarely moves, and a compare with memory and a
+        // predicted jump cost 2 instructions where a load, cmov and store cost 4.
+        if i > self.top {
+            self.top = i;
+        }
     }
 
     /// Durations counted since creation (a walk of the cells: not for the hot path).
