@@ -29,6 +29,9 @@ pub struct Heartbeat {
     running_since_ns: AtomicU64,
     /// The loop's opaque id for the running callback's site.
     site: AtomicU64,
+    /// Queries the sidecar queued for the loop and the loop has not taken yet: here,
+    /// next to what the loop writes every iteration, so its check costs one load.
+    queries: AtomicUsize,
 }
 
 /// One read of a [`Heartbeat`].
@@ -57,6 +60,13 @@ impl Heartbeat {
         self.site.store(site, Ordering::Relaxed);
         // Release: a watchdog that sees this start also sees the site stored above.
         self.running_since_ns.store(start_ns.max(1), Ordering::Release);
+    }
+
+    /// Whether the sidecar queued queries for the loop (see
+    /// [`LoopHandle::take_queries`]): one atomic load, for the top of each iteration.
+    #[inline]
+    pub fn has_queries(&self) -> bool {
+        self.queries.load(Ordering::Acquire) != 0
     }
 
     /// Notes that the loop is not running a callback (about to poll).
@@ -151,8 +161,8 @@ pub(crate) struct LoopShared {
     pub(crate) stalls_opened: AtomicU64,
     pub(crate) closed: AtomicBool,
     tables: TablesMailbox,
+    /// The queue's length is mirrored in `heartbeat.queries`.
     queries: Mutex<Vec<Query>>,
-    pending_queries: AtomicUsize,
     waker: Mutex<Option<Waker>>,
     capture: Mutex<Option<StackCapture>>,
     /// Callback sites' labels by site id, told by the loop as it first meets each
@@ -172,7 +182,6 @@ impl LoopShared {
             closed: AtomicBool::new(false),
             tables: TablesMailbox::default(),
             queries: Mutex::new(Vec::new()),
-            pending_queries: AtomicUsize::new(0),
             waker: Mutex::new(None),
             capture: Mutex::new(None),
             site_names: Mutex::new(HashMap::new()),
@@ -206,7 +215,7 @@ impl LoopShared {
             }
             queue.push(q);
             // Release: the loop's Acquire load that sees the count also sees the push.
-            self.pending_queries.store(queue.len(), Ordering::Release);
+            self.heartbeat.queries.store(queue.len(), Ordering::Release);
         }
         self.wake();
         Ok(())
@@ -214,7 +223,7 @@ impl LoopShared {
 
     /// Queries queued and not yet taken by the loop.
     pub(crate) fn pending_queries(&self) -> usize {
-        self.pending_queries.load(Ordering::Acquire)
+        self.heartbeat.queries.load(Ordering::Acquire)
     }
 
     fn wake(&self) {
@@ -360,7 +369,7 @@ impl LoopHandle {
     /// Whether queries are waiting: one atomic load, for the top of each iteration.
     #[inline]
     pub fn has_queries(&self) -> bool {
-        self.shared.pending_queries.load(Ordering::Acquire) != 0
+        self.shared.heartbeat.has_queries()
     }
 
     /// Takes the waiting queries (empty, without allocating, when there are none).
@@ -376,12 +385,12 @@ impl LoopHandle {
         }
         match self.shared.queries.try_lock() {
             Ok(mut queue) => {
-                self.shared.pending_queries.store(0, Ordering::Release);
+                self.shared.heartbeat.queries.store(0, Ordering::Release);
                 std::mem::take(&mut *queue)
             }
             Err(std::sync::TryLockError::Poisoned(e)) => {
                 let mut queue = e.into_inner();
-                self.shared.pending_queries.store(0, Ordering::Release);
+                self.shared.heartbeat.queries.store(0, Ordering::Release);
                 std::mem::take(&mut *queue)
             }
             Err(std::sync::TryLockError::WouldBlock) => Vec::new(),
@@ -402,7 +411,7 @@ impl Drop for LoopHandle {
         // deadline. The sidecar may be pushing concurrently; a blocking lock is fine
         // here because the loop is gone from its hot path.
         let stranded = std::mem::take(&mut *self.shared.queries.lock().unwrap_or_else(|e| e.into_inner()));
-        self.shared.pending_queries.store(0, Ordering::Release);
+        self.shared.heartbeat.queries.store(0, Ordering::Release);
         drop(stranded);
         self.ring();
     }

@@ -1,7 +1,8 @@
 //! Per-loop recording: what the loop thread measures about itself.
 //!
 //! Bounds: `callback_duration`, `timer_lateness` and `eventloop_delay` cover 1 ns .. 1 hour with 3
-//! significant digits (~270 KiB of counters each, see [`Cells`]); the per-interval
+//! significant digits (~440 KiB of address space each, of which only the pages values
+//! fall in are touched, see [`Cells`]); the per-interval
 //! histograms use 2 digits (~36 KiB each, see [`interval_histogram`]); counters are
 //! plain `u64`. Taking samples keeps a copy of each cumulative array's counts up to
 //! its highest used cell. Nothing here grows with the number of callbacks run.
@@ -152,6 +153,18 @@ impl Recorder {
         self.callbacks += 1;
         if self.enabled {
             self.callback_duration.record(duration_ns);
+        }
+    }
+
+    /// Records one callback (or transport event) that ran `duration_ns` after waiting
+    /// `delay_ns` in the ready queue: [`callback`](Recorder::callback) and
+    /// [`delay`](Recorder::delay) in one, for the loop's hot path.
+    #[inline]
+    pub fn ran(&mut self, duration_ns: u64, delay_ns: u64) {
+        self.callbacks += 1;
+        if self.enabled {
+            self.callback_duration.record(duration_ns);
+            self.eventloop_delay.record(delay_ns);
         }
     }
 

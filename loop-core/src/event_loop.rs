@@ -57,6 +57,9 @@ pub(crate) struct State {
     pub(crate) slow: SlowLog,
     /// Present once the inspector runs in this process (see inspect.rs).
     pub(crate) link: Option<Box<crate::inspect::Link>>,
+    /// When the link has something to publish (`Link::due_ns`; never without a
+    /// link): the end of an iteration compares one number. Kept by `link_changed`.
+    pub(crate) next_publish_ns: u64,
     pub(crate) closed_bytes_in: u64,
     /// Executor jobs: (queued, running, done in total).
     pub(crate) executor: (u64, u64, u64),
@@ -97,13 +100,17 @@ fn release_ready(py: Python<'_>, ready: VecDeque<Ready>) {
 }
 
 impl State {
+    /// The link came, went, or changed its deadlines or pending names.
+    pub(crate) fn link_changed(&mut self) {
+        self.next_publish_ns = self.link.as_ref().map_or(u64::MAX, |l| l.due_ns());
+    }
+
     /// One callback (or transport event) ran: `took` ns, `lag` ns after it became
     /// ready, ending at `end_ns`. Shared by handles and Rust transport I/O.
     #[inline]
     fn record_run(&mut self, end_ns: u64, took: u64, lag: u64) {
         self.now_ns = end_ns;
-        self.recorder.callback(took);
-        self.recorder.delay(lag);
+        self.recorder.ran(took, lag);
     }
 }
 
@@ -319,25 +326,31 @@ impl LoopCore {
     fn run_once(&self, py: Python<'_>, loop_obj: &Bound<'_, PyAny>) -> PyResult<()> {
         // 0. The inspector: join it once it runs; answer its questions.
         let heartbeat = if crate::inspect::active() {
-            let (joined, asked) = self.state.with(py, |s| match &s.link {
-                Some(l) => (true, l.handle.has_queries()),
-                None => (false, false),
-            });
-            if !joined {
-                let link = self.join_hub(py, loop_obj)?;
-                let _ = self.heartbeat.set(link.heartbeat.clone());
-                self.state.with(py, |s| s.link = Some(Box::new(link)));
-            }
-            if asked {
+            let hb = match self.heartbeat.get() {
+                Some(hb) => hb,
+                None => {
+                    let link = self.join_hub(py, loop_obj)?;
+                    let hb = self.heartbeat.get_or_init(|| link.heartbeat.clone());
+                    self.state.with(py, |s| {
+                        s.link = Some(Box::new(link));
+                        s.link_changed();
+                    });
+                    hb
+                }
+            };
+            if hb.has_queries() {
                 let link = self.state.with(py, |s| s.link.take());
                 let answered = match &link {
                     Some(l) => self.answer_queries(py, l),
                     None => Ok(()),
                 };
-                self.state.with(py, |s| s.link = link);
+                self.state.with(py, |s| {
+                    s.link = link;
+                    s.link_changed();
+                });
                 answered?;
             }
-            self.heartbeat.get().map(|hb| &**hb)
+            Some(&**hb)
         } else {
             None
         };
@@ -356,7 +369,9 @@ impl LoopCore {
             } else {
                 s.timers.next_when(py, &mut garbage_timers)
             };
-            (has_ready, next_when, s.link.as_ref().map(|l| l.next_sample_ns), s.now_ns, s.last_poll_ns)
+            // The poll waits for the next sample only if it may wait at all.
+            let next_sample = if has_ready { None } else { s.link.as_ref().map(|l| l.next_sample_ns) };
+            (has_ready, next_when, next_sample, s.now_ns, s.last_poll_ns)
         });
         drop_garbage(garbage_timers);
         drop_garbage(garbage_waiters);
@@ -588,8 +603,7 @@ impl LoopCore {
         // The link leaves the state only when something is due (it is boxed: a move is a pointer).
         let (iterations, mut link) = self.state.with(py, |s| {
             s.recorder.busy_ns += busy;
-            let due = s.link.as_ref().is_some_and(|l| l.is_due(end));
-            (s.recorder.iterations, if due { s.link.take() } else { None })
+            (s.recorder.iterations, if end >= s.next_publish_ns { s.link.take() } else { None })
         });
         if let Some(hb) = heartbeat {
             hb.idle();
@@ -598,7 +612,10 @@ impl LoopCore {
         // 5. Samples and tables for the inspector, when due.
         if let Some(l) = &mut link {
             let published = self.publish(py, l, end);
-            self.state.with(py, |s| s.link = link);
+            self.state.with(py, |s| {
+                s.link = link;
+                s.link_changed();
+            });
             published?;
         }
         Ok(())
@@ -707,6 +724,7 @@ impl LoopCore {
             let inserted = s.sites.insert(addr, owner);
             if let (Some(link), Some(label)) = (s.link.as_mut(), label) {
                 link.name_site(addr as u64, label);
+                s.link_changed();
             }
             inserted
         });
@@ -787,6 +805,7 @@ impl LoopCore {
                 sites: Sites::default(),
                 slow: SlowLog::default(),
                 link: None,
+                next_publish_ns: u64::MAX,
                 closed_bytes_in: 0,
                 executor: (0, 0, 0),
                 connections: 0,
@@ -935,7 +954,11 @@ impl LoopCore {
     fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
         self.closed.store(true, Ordering::Relaxed);
         // Tell the inspector everything up to now, then leave its hub (it shows the loop closed).
-        let link = self.state.with(py, |s| s.link.take());
+        let link = self.state.with(py, |s| {
+            let link = s.link.take();
+            s.link_changed();
+            link
+        });
         let published = match link {
             Some(mut l) => {
                 l.next_sample_ns = 0;

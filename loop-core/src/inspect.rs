@@ -79,10 +79,13 @@ pub struct Link {
 const MAX_NAMED_IO: usize = 1024;
 
 impl Link {
-    /// Whether `publish` has something to do at `now_ns`.
-    #[inline]
-    pub(crate) fn is_due(&self, now_ns: u64) -> bool {
-        now_ns >= self.next_sample_ns || now_ns >= self.next_tables_ns || !self.pending_names.is_empty()
+    /// From when `publish` has something to do (see `State::next_publish_ns`).
+    pub(crate) fn due_ns(&self) -> u64 {
+        if self.pending_names.is_empty() {
+            self.next_sample_ns.min(self.next_tables_ns)
+        } else {
+            0
+        }
     }
 
     /// Tells the hub a site's label (see `LoopHandle::name_site`).
@@ -189,6 +192,7 @@ impl LoopCore {
                     link.named_io.insert(addr);
                     link.name_site(addr as u64, label);
                 }
+                s.link_changed();
             });
         }
         addr as u64
