@@ -143,6 +143,58 @@ def test_stall_is_reported_while_the_callback_runs(tmp_path):
         s.finish()
 
 
+BUSY_SCRIPT = '''
+async def main():
+    loop = asyncio.get_running_loop()
+    end = time.monotonic() + 60
+
+    def spin():
+        # Short callbacks back to back: the heartbeat always shows one running.
+        x = 0
+        for i in range(200):
+            x += i
+        if time.monotonic() < end:
+            loop.call_soon(spin)
+
+    loop.call_soon(spin)
+    await asyncio.sleep(0.3)
+    emit("BUSY")
+    await command()
+    end = 0
+
+asyncio.run(main())
+'''
+
+
+def _thread_switches(pid, name):
+    """Voluntary context switches (one per sleep) of the process's thread `name`."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/comm") as f:
+            if f.read().strip() != name[:15]:
+                continue
+        with open(f"/proc/{pid}/task/{task}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    raise AssertionError(f"no thread {name!r} in process {pid}")
+
+
+def test_stall_watchdog_sleeps_until_a_stall_could_begin(tmp_path):
+    """With short callbacks running back to back and no stall, the watchdog wakes
+    about once per threshold (100 ms), not once per 10 ms interval: on a small
+    machine each wake-up takes a core from the busy loop."""
+    with Inspected(BUSY_SCRIPT, tmp_path) as s:
+        s.expect("BUSY")
+        before = _thread_switches(s.proc.pid, "glassloop-watchdog")
+        time.sleep(2.0)
+        woke = _thread_switches(s.proc.pid, "glassloop-watchdog") - before
+        assert s.json("/api/v1/stalls")["stalls"] == []
+        s.send()
+        s.finish()
+    # ~20 at one look per 100 ms; a 10 ms tick would be ~200.
+    assert 5 <= woke <= 60, woke
+
+
 THRESHOLD_SCRIPT = '''
 import glassloop
 glassloop.start_inspector("127.0.0.1:0", stall_threshold=0.03)

@@ -39,7 +39,8 @@ pub struct HubConfig {
     pub max_closed_loops: usize,
     /// A callback running longer than this is a stall (default 100 ms).
     pub stall_threshold: Duration,
-    /// How often the watchdog reads heartbeats (default 10 ms).
+    /// How often the watchdog reads heartbeats while a stall is open (default 10 ms;
+    /// otherwise it sleeps until a running callback could cross the threshold).
     pub watchdog_interval: Duration,
     /// How long a stack capture may take before the stall says `timeout` (default 1 s).
     pub capture_timeout: Duration,

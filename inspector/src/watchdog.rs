@@ -1,9 +1,15 @@
 //! The stall watchdog: names a blocking callback while it still blocks.
 //!
 //! A thread (not a task in the server's runtime, so a busy server cannot delay it)
-//! reads every live loop's [`Heartbeat`](crate::Heartbeat) each `watchdog_interval`.
-//! A callback running past the threshold opens an ongoing [`StallEvent`]; its
-//! duration is updated every tick; it closes when the heartbeat moves on.
+//! reads every live loop's [`Heartbeat`](crate::Heartbeat). A callback running past
+//! the threshold opens an ongoing [`StallEvent`]; its duration is updated every
+//! `watchdog_interval`; it closes when the heartbeat moves on.
+//!
+//! With no stall open, the thread sleeps until the earliest moment a callback seen
+//! running could cross the threshold (a callback that starts later crosses later
+//! still), at most `MAX_QUIET_SLEEP`: about ten wake-ups a second at the default
+//! threshold instead of a hundred, each of which takes a core from a busy loop on a
+//! small machine. A stall is still seen the moment it crosses.
 //!
 //! The stack is asked of a second thread, because the loop's capture function may
 //! block (it needs the GIL the stalled callback may hold): the watchdog only
@@ -21,6 +27,13 @@ use crate::clock;
 use crate::handle::LoopShared;
 use crate::hub::Hub;
 use crate::model::{StackStatus, StallEvent};
+
+/// Longest sleep with no stall open (bounds how late a threshold lowered meanwhile
+/// takes effect).
+const MAX_QUIET_SLEEP_NS: u64 = 250_000_000;
+
+/// Shortest sleep, should a heartbeat's start time be odd.
+const MIN_SLEEP_NS: u64 = 1_000_000;
 
 /// Longest stack kept per stall.
 pub const MAX_STACK_BYTES: usize = 64 * 1024;
@@ -112,20 +125,24 @@ pub(crate) fn spawn(hub: &Arc<Hub>) -> std::io::Result<()> {
         let mut dog = Watchdog::default();
         loop {
             let Some(hub) = weak.upgrade() else { return };
-            dog.tick(&hub, &tx);
-            let interval = hub.config().watchdog_interval;
+            let next = dog.tick(&hub, &tx);
             drop(hub);
-            thread::sleep(interval);
+            let sleep_ns = next.saturating_sub(clock::monotonic_ns()).max(MIN_SLEEP_NS);
+            thread::sleep(std::time::Duration::from_nanos(sleep_ns));
         }
     })?;
     Ok(())
 }
 
 impl Watchdog {
-    fn tick(&mut self, hub: &Hub, captures: &SyncSender<CaptureJob>) {
+    /// One look at every loop; returns when to look next (monotonic ns).
+    fn tick(&mut self, hub: &Hub, captures: &SyncSender<CaptureJob>) -> u64 {
         let threshold = hub.stall_threshold_ns();
         let loops = hub.live_loops();
         let now = clock::monotonic_ns();
+        let interval = hub.config().watchdog_interval.as_nanos() as u64;
+        // Any callback starting from now on crosses the threshold no earlier than this.
+        let mut next = now.saturating_add(threshold.min(MAX_QUIET_SLEEP_NS));
         for l in &loops {
             let id = l.info.id;
             let beat = l.heartbeat.read();
@@ -153,7 +170,11 @@ impl Watchdog {
                 self.close(hub, id, now);
             }
             let start = beat.running_since_ns;
-            if start == 0 || now.saturating_sub(start) < threshold {
+            if start == 0 {
+                continue;
+            }
+            if now.saturating_sub(start) < threshold {
+                next = next.min(start.saturating_add(threshold));
                 continue;
             }
             let running = now.saturating_sub(start);
@@ -210,6 +231,14 @@ impl Watchdog {
             }
             false
         });
+        // An open stall's duration and end are followed every interval.
+        if !self.open.is_empty() {
+            next = next.min(now.saturating_add(interval));
+        }
+        if let Some(deadline) = self.captures.iter().map(|&(_, deadline)| deadline).min() {
+            next = next.min(deadline);
+        }
+        next
     }
 
     fn close(&mut self, hub: &Hub, loop_id: u64, now: u64) {
