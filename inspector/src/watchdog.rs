@@ -7,9 +7,9 @@
 //!
 //! With no stall open, the thread sleeps until the earliest moment a callback seen
 //! running could cross the threshold (a callback that starts later crosses later
-//! still), at most `MAX_QUIET_SLEEP`: about ten wake-ups a second at the default
+//! still), at most `MAX_QUIET_SLEEP_NS`: about ten wake-ups a second at the default
 //! threshold instead of a hundred, each of which takes a core from a busy loop on a
-//! small machine. A stall is still seen the moment it crosses.
+//! small machine. A stall is still seen within `MIN_SLEEP_NS` of crossing.
 //!
 //! The stack is asked of a second thread, because the loop's capture function may
 //! block (it needs the GIL the stalled callback may hold): the watchdog only

@@ -164,7 +164,6 @@ pub(super) fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
-/// `recv(2)` into `len` bytes at `buf`, retried on EINTR; Err(errno) otherwise.
 /// `protocol.data_received(data)`; then `data` becomes the next read's spare if
 /// the protocol kept no reference to it.
 fn deliver_bytes(protocol: &Bound<'_, PyAny>, data: Bound<'_, PyBytes>) -> PyResult<()> {
@@ -173,6 +172,7 @@ fn deliver_bytes(protocol: &Bound<'_, PyAny>, data: Bound<'_, PyBytes>) -> PyRes
     called
 }
 
+/// `recv(2)` into `len` bytes at `buf`, retried on EINTR; Err(errno) otherwise.
 fn recv_retrying(fd: RawFd, buf: *mut libc::c_void, len: usize) -> Result<usize, i32> {
     loop {
         // SAFETY: callers pass a buffer valid for `len` writable bytes.
