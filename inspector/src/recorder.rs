@@ -161,11 +161,8 @@ impl Recorder {
     /// [`delay`](Recorder::delay) in one, for the loop's hot path.
     #[inline]
     pub fn ran(&mut self, duration_ns: u64, delay_ns: u64) {
-        self.callbacks += 1;
-        if self.enabled {
-            self.callback_duration.record(duration_ns);
-            self.eventloop_delay.record(delay_ns);
-        }
+        self.callback(duration_ns);
+        self.delay(delay_ns);
     }
 
     /// Records how late a timer ran compared to its scheduled time.

@@ -105,6 +105,13 @@ impl State {
         self.next_publish_ns = self.link.as_ref().map_or(u64::MAX, |l| l.due_ns());
     }
 
+    /// Queues a `call_soon`/`call_soon_threadsafe` handle, out of the collector's
+    /// lists (with its context too once the queue holds a backlog: see handles.rs).
+    fn push_call(&mut self, handle: &Bound<'_, Handle>, queued_ns: u64) {
+        handles::untrack_pending(handle, self.ready.len() >= handles::CONTEXT_BACKLOG);
+        self.ready.push_back(Ready::Call { handle: handle.clone().unbind(), queued_ns });
+    }
+
     /// One callback (or transport event) ran: `took` ns, `lag` ns after it became
     /// ready, ending at `end_ns`. Shared by handles and Rust transport I/O.
     #[inline]
@@ -219,12 +226,7 @@ impl LoopCore {
 
     fn schedule<'py>(&self, py: Python<'py>, handle: Handle) -> PyResult<Bound<'py, Handle>> {
         let handle = Bound::new(py, handle)?;
-        let queued = handle.clone().unbind();
-        self.state.with(py, |s| {
-            handles::untrack_pending(&handle, s.ready.len() >= handles::CONTEXT_BACKLOG);
-            let queued_ns = s.now_ns;
-            s.ready.push_back(Ready::Call { handle: queued, queued_ns })
-        });
+        self.state.with(py, |s| s.push_call(&handle, s.now_ns));
         Ok(handle)
     }
 
@@ -283,13 +285,9 @@ impl LoopCore {
         }
         let args = Args::from_slice(py, args)?;
         let handle = Bound::new(py, Handle::with_args(py, callback.to_owned(), args, context.map(|c| c.to_owned()), self.is_debug())?)?;
-        let queued = handle.clone().unbind();
         // Another thread: the loop's cached "now" may be a whole poll old.
         let queued_ns = clock::now_ns();
-        self.state.with(py, |s| {
-            handles::untrack_pending(&handle, s.ready.len() >= handles::CONTEXT_BACKLOG);
-            s.ready.push_back(Ready::Call { handle: queued, queued_ns })
-        });
+        self.state.with(py, |s| s.push_call(&handle, queued_ns));
         // The loop sets `sleeping` while holding the GIL, right before it releases it
         // to poll, so under the GIL we either see it set (and wake the poll) or the
         // loop has not computed its timeout yet (and will see our handle). The flag
