@@ -257,11 +257,11 @@ impl Handle {
 
     /// The collector's visit of what the handle references, through PyO3's
     /// visitor: the same walk as the installed `tp_traverse` ([`traverse`]).
-    fn visit_contents(slf: *mut ffi::PyObject, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+    fn visit_contents(handle: &Py<Handle>, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         let mut through = ThroughPyVisit { visit, stopped: None };
-        // SAFETY: GIL held (a collector visit); `slf` is a live handle and
-        // `through` outlives the call, which is the only user of the pointer.
-        match unsafe { traverse(slf, through_pyvisit, (&raw mut through).cast()) } {
+        // SAFETY: GIL held (a collector visit); `handle` is live and `through`
+        // outlives the call, which is the only user of the pointer.
+        match unsafe { traverse(handle.as_ptr(), through_pyvisit, (&raw mut through).cast()) } {
             0 => Ok(()),
             _ => through.stopped.map_or(Ok(()), Err),
         }
@@ -658,8 +658,7 @@ pub fn visit_pending(handle: &Py<Handle>, visit: &pyo3::PyVisit<'_>) -> Result<(
     if tracked {
         visit.call(handle)
     } else if refcnt == 1 {
-        // SAFETY: GIL held (see above); `get` reads the frozen Rust value.
-        Handle::visit_contents(ptr, visit)
+        Handle::visit_contents(handle, visit)
     } else {
         // Held elsewhere too: a full collection tracks it first
         // (`LoopCore::_track_shared_handles`); a younger one leaves it be.
@@ -668,7 +667,7 @@ pub fn visit_pending(handle: &Py<Handle>, visit: &pyo3::PyVisit<'_>) -> Result<(
 }
 
 /// The garbage collector's visit of a `Handle` or `TimerHandle` (installed by
-/// [`install_traverse`]). Every collection of a handle's generation visits it,
+/// [`install_slots`]). Every collection of a handle's generation visits it,
 /// and PyO3's generic wrapper (a panic trap, thread-local guards, a walk up the
 /// type chain for a base traverse) costs several times the four visits; this
 /// does only the visits. `TimerHandle` adds no Python references.
