@@ -675,3 +675,46 @@ def test_handle_reference_cycle_is_collected(loop, kind):
     run_one_iteration(loop)
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_collection_while_running_keeps_queued_callbacks_and_frees_them_after(loop_factory):
+    """A full collection inside a callback, with a backlog of queued callbacks each
+    in a cycle through its own context, frees none of them: they all run. Once
+    the loop has stopped and is dropped unclosed with a second backlog queued in
+    a cycle through it, the collector frees the loop (a running loop is not the
+    collector's to free; a stopped one is again)."""
+    lp = loop_factory()
+    ran = []
+
+    class Node:
+        def __init__(self):
+            self.me = self  # a cycle of its own, held otherwise only by the queue
+
+        def callback(self):
+            ran.append(GC_VAR.get() is self)
+
+    def schedule_backlog():
+        for _ in range(BACKLOG):
+            node = Node()
+            contextvars.copy_context().run(lambda: (GC_VAR.set(node), lp.call_soon(node.callback)))
+
+    def collect_then_stop():
+        schedule_backlog()
+        gc.collect()
+        lp.call_soon(lp.stop)
+
+    lp.call_soon(collect_then_stop)
+    lp.run_forever()
+    assert ran == [True] * BACKLOG
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.lp = lp
+    contextvars.copy_context().run(lambda: (GC_VAR.set(holder), [lp.call_soon(named_callback) for _ in range(BACKLOG)]))
+    loop_ref = weakref.ref(lp)
+    del holder, lp
+    gc.collect()
+    assert loop_ref() is None
