@@ -24,7 +24,9 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
-use std::collections::HashMap;
+// fds are small integers the kernel picks: SipHash's flooding defence buys
+// nothing here, and the lookup runs once per event.
+use rustc_hash::FxHashMap as HashMap;
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 
