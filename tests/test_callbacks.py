@@ -718,3 +718,31 @@ def test_collection_while_running_keeps_queued_callbacks_and_frees_them_after(lo
     del holder, lp
     gc.collect()
     assert loop_ref() is None
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at"])
+def test_scheduling_arguments_by_keyword_and_their_errors(loop, method):
+    """The calls' keyword forms (context= alone, callback= by name) and the
+    TypeErrors for unknown, repeated and missing arguments, as asyncio's."""
+    timed = method in ("call_later", "call_at")
+    lead = (0,) if timed else ()
+    ran = []
+
+    def mark(value="by keyword"):
+        ran.append(value)
+
+    ctx = contextvars.copy_context()
+    schedule = getattr(loop, method)
+    schedule(*lead, mark, 1, context=ctx)
+    schedule(*lead, callback=mark)
+    loop.call_later(0.01, loop.stop)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        schedule(*lead, ran.append, foo=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        schedule(*lead, ran.append, context=ctx, foo=1)
+    with pytest.raises(TypeError, match="multiple values for argument 'callback'"):
+        schedule(*lead, ran.append, callback=ran.append)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'callback'"):
+        schedule(*lead)
+    loop.run_forever()
+    assert ran == [1, "by keyword"]

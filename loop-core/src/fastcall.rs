@@ -102,6 +102,7 @@ pub struct Call<'a, 'py> {
 ///
 /// # Safety
 /// `args`, `nargs` and `kwnames` must be those CPython passed to the method.
+#[inline]
 pub unsafe fn parse<'a, 'py>(
     py: Python<'py>,
     qualname: &str,
@@ -110,17 +111,43 @@ pub unsafe fn parse<'a, 'py>(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Call<'a, 'py>> {
-    if kwnames.is_null() && nargs as usize >= params.len() {
-        // The common call: everything positional.
-        // SAFETY: vectorcall passes `nargs` positional values, here at least one.
+    // The common calls, kept small enough to inline: everything positional, or that
+    // and `context=` alone (how C Tasks and Futures schedule their steps).
+    let nkw = if kwnames.is_null() { 0 } else { unsafe { ffi::PyTuple_GET_SIZE(kwnames) } };
+    if nargs as usize >= params.len() && nkw <= 1 {
+        // SAFETY: vectorcall passes `nargs` positional values (here at least one),
+        // then one value per keyword name; kwnames is a tuple of str.
+        let context = match nkw {
+            0 => None,
+            _ if is_context(py, unsafe { ffi::PyTuple_GET_ITEM(kwnames, 0) }) => {
+                Some(unsafe { Borrowed::from_ptr(py, *args.add(nargs as usize)) })
+            }
+            _ => return unsafe { parse_keywords(py, qualname, params, args, nargs, kwnames) },
+        };
         let positional: &'a [*mut ffi::PyObject] = unsafe { std::slice::from_raw_parts(args, nargs as usize) };
         let bind = |p: *mut ffi::PyObject| unsafe { Borrowed::from_ptr(py, p) };
         return Ok(Call {
             named: [bind(positional[0]), bind(positional[params.len() - 1])],
             rest: &positional[params.len()..],
-            context: None,
+            context,
         });
     }
+    unsafe { parse_keywords(py, qualname, params, args, nargs, kwnames) }
+}
+
+/// [`parse`] for parameters passed by keyword, and the errors.
+///
+/// # Safety
+/// As [`parse`].
+#[inline(never)]
+unsafe fn parse_keywords<'a, 'py>(
+    py: Python<'py>,
+    qualname: &str,
+    params: &[&'static str],
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Call<'a, 'py>> {
     let nkw = if kwnames.is_null() { 0 } else { unsafe { ffi::PyTuple_GET_SIZE(kwnames) } };
     let all: &'a [*mut ffi::PyObject] = if nargs + nkw == 0 {
         &[]
@@ -176,6 +203,14 @@ fn is_context(py: Python<'_>, name: *mut ffi::PyObject) -> bool {
     if name == pyo3::intern!(py, "context").as_ptr() || name == CONTEXT_NAME_SEEN.load(Relaxed) {
         return true;
     }
+    is_context_by_text(name)
+}
+
+/// [`is_context`] for a name met by address for the first time.
+#[cold]
+#[inline(never)]
+fn is_context_by_text(name: *mut ffi::PyObject) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
     // SAFETY: `name` is a str (CPython checks keyword names are strings); GIL held.
     if unsafe { ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) } != 0 {
         return false;
