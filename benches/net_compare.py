@@ -571,12 +571,14 @@ def main(argv=None):
         Path(args.markdown).write_text(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        # What wrk really ran: it takes whole seconds, not --duration/--warmup as given.
+        http_meta = {"wrk": args.wrk, "wrk_duration_s": wrk.seconds(args.duration),
+                     "wrk_warmup_s": wrk.seconds(args.warmup) if args.warmup > 0 else 0} if args.wrk else {}
         summary = [{"workload": w, "size": s, "conns": c, "loop": label, **row}
                    for (w, s, c), label in ((cell, label) for cell in cells for label in labels)
                    for row in [table[(w, s, c), label]]]
         Path(args.json).write_text(json.dumps(
-            {"meta": {**meta, "python": python, **({"wrk": args.wrk} if args.wrk else {}),
-                      "server_cpu": args.server_cpu,
+            {"meta": {**meta, "python": python, **http_meta, "server_cpu": args.server_cpu,
                       "loadgen_cpu": args.loadgen_cpu, "duration_s": args.duration,
                       "warmup_s": args.warmup},
              "loops": probes, "runs": runs, "summary": summary}, indent=1) + "\n")
