@@ -1,4 +1,5 @@
-"""Network echo benchmarks: event loops side by side under the Rust load generator.
+"""Network benchmarks: event loops side by side under the Rust load generator (echo)
+or wrk (HTTP).
 
     python3 benches/net_compare.py --quick
     python3 benches/net_compare.py --workloads protocol,streams,sock --sizes 1KiB,64KiB \
@@ -11,6 +12,9 @@ pinned to another. The pure-Rust echo server (echo-ceiling) runs in the same
 rotation as the reference ceiling. Prints a Markdown table: requests/s (median and
 min-max), ratios against asyncio and the better of uvloop/rloop, % of the ceiling,
 p99 latency, server CPU per request, and the load generator's own CPU use.
+The ``http`` workload (aiohttp hello-world, benches/servers/http_hello.py) is driven
+by wrk instead (benches/wrk.py): one cell per connection count, sizes do not apply,
+durations rounded to whole seconds; the Rust ceiling does not speak HTTP.
 Exit status 1 if any measurement failed (errors, mismatched bytes, a dead server).
 """
 
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import loopspec
 import report
+import wrk
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -52,7 +57,12 @@ WORKLOADS = {
     "buffered-unix": ("buffered_echo.py", "unix"),
     "streams-unix": ("streams_echo.py", "unix"),
     "sock-unix": ("sock_echo.py", "unix"),
+    "http": ("http_hello.py", "http"),
 }
+#: Workloads with a fixed request (no --sizes): driven by wrk, one cell per conns.
+SIZELESS = {"http"}
+#: What http_hello.py answers to GET /.
+HTTP_BODY = b"Hello, World!"
 DEFAULT_WORKLOADS = "protocol,buffered,streams,sock,unix,udp,tls"
 #: Neighbours using more than this many CPUs during a measurement make it "noisy".
 NOISY_OTHER_CPUS = 0.25
@@ -131,6 +141,11 @@ def parse_args(argv):
     if args.reps < 1 or min(args.sizes) < 1 or min(args.conns) < 1 or args.duration <= 0:
         parser.error("--reps, --sizes, --conns and --duration must be positive")
     args.specs = [loopspec.parse(text) for text in csv(args.loops)]
+    args.wrk = None
+    if SIZELESS & set(args.workloads):
+        args.wrk = wrk.available()
+        if args.wrk is None:
+            parser.error("the http workload needs wrk on PATH (Debian: apt-get install wrk)")
 
     cpus = sorted(os.sched_getaffinity(0))
     if args.server_cpu is None:
@@ -222,14 +237,37 @@ def tail(text, lines=3):
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
 
+TIMED_OUT = "load generator did not finish"
+
+
+def run_loadgen(args, loadgen, transport, address, size, conns, server_pid):
+    """benches/loadgen against ``address``: (its JSON result, '') or (None, why not)."""
+    flag = {"tcp": "--addr", "tls": "--addr", "unix": "--unix", "udp": "--udp"}[transport]
+    lg = [str(loadgen), flag, address, *(["--tls"] if transport == "tls" else []),
+          "--conns", str(conns), "--size", str(size),
+          "--duration", str(args.duration), "--warmup", str(args.warmup),
+          "--server-pid", str(server_pid), "--json"]
+    if args.loadgen_cpu is not None:
+        lg += ["--pin-cpu", str(args.loadgen_cpu)]
+    try:
+        done = subprocess.run(lg, capture_output=True, text=True,
+                              timeout=args.duration + args.warmup + 60)
+    except subprocess.TimeoutExpired:
+        return None, TIMED_OUT
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return None, f"load generator: {tail(done.stderr) or f'exit {done.returncode}'}"
+    return json.loads(lines[-1]), ""
+
+
 def measure(args, loadgen, ceiling, label, spec, workload, size, conns, tmpdir):
     script, transport = WORKLOADS[workload]
     if transport == "udp":
         size = min(size, MAX_UDP)
     sock_path = os.path.join(tmpdir, "echo.sock")
-    if spec is None and transport == "tls":
+    if spec is None and transport in ("tls", "http"):
         return {"label": label, "workload": workload, "size": size, "conns": conns, "ok": False,
-                "unsupported": True, "error": "the pure-Rust ceiling has no TLS"}
+                "unsupported": True, "error": f"the pure-Rust ceiling has no {transport.upper()}"}
     if spec is None:  # the pure-Rust ceiling
         command = [str(ceiling)]
         command += {"tcp": ["--addr", "127.0.0.1:0"], "unix": ["--unix", sock_path],
@@ -254,33 +292,30 @@ def measure(args, loadgen, ceiling, label, spec, workload, size, conns, tmpdir):
                 else:
                     record["error"] = f"server did not start: {tail(err) or f'exit {proc.returncode}'}"
                 return record
-            flag = {"tcp": "--addr", "tls": "--addr", "unix": "--unix", "udp": "--udp"}[transport]
-            lg = [str(loadgen), flag, address, *(["--tls"] if transport == "tls" else []),
-                  "--conns", str(conns), "--size", str(size),
-                  "--duration", str(args.duration), "--warmup", str(args.warmup),
-                  "--server-pid", str(proc.pid), "--json"]
-            if args.loadgen_cpu is not None:
-                lg += ["--pin-cpu", str(args.loadgen_cpu)]
-            try:
-                done = subprocess.run(lg, capture_output=True, text=True,
-                                      timeout=args.duration + args.warmup + 60)
-            except subprocess.TimeoutExpired:
-                record["error"] = "load generator did not finish"
-                return record
+            if transport == "http":
+                host, _, port = address.rpartition(":")
+                result, why = wrk.run(host.strip("[]"), int(port), conns, args.duration, args.warmup,
+                                      args.loadgen_cpu, proc.pid, HTTP_BODY)
+            else:
+                result, why = run_loadgen(args, loadgen, transport, address, size, conns, proc.pid)
+                if why == TIMED_OUT:
+                    record["error"] = why
+                    return record
             alive = proc.poll() is None
         finally:
             stop(proc)
         errfile.seek(0)
         err = errfile.read()
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        record["error"] = f"load generator: {tail(done.stderr) or f'exit {done.returncode}'}"
+    if result is None:
+        # wrk only sees symptoms (a refused request, a timeout): add the server's side.
+        server_side = f"; server stderr: {tail(err, 2)}" if transport == "http" and err.strip() else ""
+        record["error"] = why + server_side
         return record
-    result = json.loads(lines[-1])
     elapsed = result["duration_s"] or 1
     waits = [(result.get("server") or {}).get("runq_wait_s"), result["loadgen_cpu"].get("runq_wait_s")]
     record["runq_wait"] = max((w or 0) for w in waits) / elapsed
     record.update(result=result, rps=result["rps"],
+                  p50=(result.get("latency_us") or {}).get("p50"),
                   p99=(result.get("latency_us") or {}).get("p99"),
                   cpu_us=(result.get("server") or {}).get("cpu_us_per_req"),
                   loadgen_util=result["loadgen_cpu"]["util"],
@@ -314,7 +349,7 @@ def summarize(runs, cells, labels):
             if good:
                 values = row["values"]
                 row.update(median=statistics.median(values), min=min(values), max=max(values))
-                for key in ("p99", "cpu_us", "loadgen_util", "other_cpus"):
+                for key in ("p50", "p99", "cpu_us", "loadgen_util", "other_cpus"):
                     xs = [r[key] for r in good if r.get(key) is not None]
                     row[key] = statistics.median(xs) if xs else None
             table[cell, label] = row
@@ -331,6 +366,8 @@ def over(a, b, digits=2):
 
 def cell_name(cell):
     workload, size, conns = cell
+    if size is None:
+        return f"{workload} ×{conns}"
     shown = min(size, MAX_UDP) if WORKLOADS[workload][1] == "udp" else size
     text = size_name(shown) if shown == size else f"{shown} B"
     return f"{workload} {text} ×{conns}"
@@ -381,7 +418,38 @@ def table_markdown(table, cells, labels, args):
         "generator, not the server, limited the rate: compare CPU/req there. "
         f"{CEILING} is the same echo in pure Rust on mio (benches/loadgen/src/bin/echo_ceiling.rs).",
     ]
+    if any(cell[0] in SIZELESS for cell in cells):
+        lines[-1] += (
+            f" http cells: aiohttp's hello-world (benches/servers/http_hello.py) under "
+            f"`wrk -t1 -cN -d{wrk.seconds(args.duration)}s --latency` ({args.wrk})"
+            + (f" after a {wrk.seconds(args.warmup)} s wrk warm-up run" if args.warmup > 0 else "")
+            + ", wrk's own req/s and percentiles, pinned like the load generator; "
+            "wrk's socket errors and non-2xx answers count as failures."
+        )
     return "\n".join(lines)
+
+
+def latency_markdown(runs, cells, labels):
+    """wrk's latency distribution for the http cells: medians over the good runs."""
+    keys = ("p50", "p75", "p90", "p99", "max")
+    lines = ["| cell | loop | p50 µs | p75 µs | p90 µs | p99 µs | max µs |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for cell in cells:
+        if cell[0] not in SIZELESS:
+            continue
+        for label in labels:
+            good = [r for r in runs if r.get("ok") and r["label"] == label
+                    and (r["workload"], r["size_asked"], r["conns"]) == cell]
+            if not good:
+                continue
+            shown = []
+            for key in keys:
+                xs = [r["result"]["latency_us"][key] for r in good if key in r["result"]["latency_us"]]
+                shown.append(fmt(statistics.median(xs)) if xs else "–")
+            lines.append(f"| {cell_name(cell)} | {label} | " + " | ".join(shown) + " |")
+    if len(lines) == 2:
+        return ""
+    return "\n".join(["wrk's latency distribution (medians over the runs):", "", *lines])
 
 
 def problems_markdown(probes, runs):
@@ -442,7 +510,9 @@ def probe_loops(args):
 def main(argv=None):
     args = parse_args(argv)
     meta = report.machine()
-    loadgen, ceiling = binaries(args.target_dir)
+    # wrk drives the sizeless workloads; the Rust binaries (built on first use) the rest.
+    needs_rust = any(w not in SIZELESS for w in args.workloads)
+    loadgen, ceiling = binaries(args.target_dir) if needs_rust else (None, None)
     probes = probe_loops(args)
     for text, probe in probes.items():
         state = probe.get("version") if probe.get("available") else f"unavailable ({probe.get('error')})"
@@ -454,7 +524,8 @@ def main(argv=None):
         probes = {CEILING: {"available": True, "version": "(pure Rust, mio)"}, **probes}
     labels = [label for label, _ in contenders]
 
-    cells = [(w, s, c) for w in args.workloads for s in args.sizes for c in args.conns]
+    cells = [(w, s, c) for w in args.workloads
+             for s in ([None] if w in SIZELESS else args.sizes) for c in args.conns]
     runs = []
     total = len(cells) * args.reps * len(contenders)
     with tempfile.TemporaryDirectory(prefix="net_compare.") as tmpdir:
@@ -484,22 +555,30 @@ def main(argv=None):
     meta["loadavg_end"] = os.getloadavg()[0]
     table = summarize(runs, cells, labels)
     body = table_markdown(table, cells, labels, args)
+    latency = latency_markdown(runs, cells, labels)
+    if latency:
+        body += "\n\n" + latency
     problems = problems_markdown({k: v for k, v in probes.items() if k != CEILING}, runs)
     print(body + ("\n\n" + problems if problems else ""))
 
     if args.markdown:
         header = report.header_markdown(meta, probes, python).replace(
             "# Event loop comparison", "# Network echo comparison", 1)
+        if args.wrk:
+            header += f"\n- HTTP load generator: {args.wrk}"
         text = "\n\n".join(part for part in (header, body, problems) if part) + "\n"
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        # What wrk really ran: it takes whole seconds, not --duration/--warmup as given.
+        http_meta = {"wrk": args.wrk, "wrk_duration_s": wrk.seconds(args.duration),
+                     "wrk_warmup_s": wrk.seconds(args.warmup) if args.warmup > 0 else 0} if args.wrk else {}
         summary = [{"workload": w, "size": s, "conns": c, "loop": label, **row}
                    for (w, s, c), label in ((cell, label) for cell in cells for label in labels)
                    for row in [table[(w, s, c), label]]]
         Path(args.json).write_text(json.dumps(
-            {"meta": {**meta, "python": python, "server_cpu": args.server_cpu,
+            {"meta": {**meta, "python": python, **http_meta, "server_cpu": args.server_cpu,
                       "loadgen_cpu": args.loadgen_cpu, "duration_s": args.duration,
                       "warmup_s": args.warmup},
              "loops": probes, "runs": runs, "summary": summary}, indent=1) + "\n")

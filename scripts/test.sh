@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every suite: cargo test, the dashboard's unit tests, pytest and the CPython
-# conformance runner on each Python, the dashboard in headless Chromium, and a
-# benchmark smoke run. One summary line per suite, then a total.
+# conformance runner on each Python, the dashboard in headless Chromium, and
+# benchmark smoke runs. One summary line per suite, then a total.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONDONTWRITEBYTECODE=1
@@ -43,6 +43,8 @@ if command -v npm >/dev/null && [ -x /usr/bin/chromium ]; then
 fi
 suite bench-smoke "$first" benches/compare.py --quick --loops asyncio:new_event_loop,glassloop:new_event_loop
 suite overhead-smoke "$first" benches/overhead.py --quick --no-echo
+suite http-smoke "$first" benches/net_compare.py --quick --workloads http \
+    --loops asyncio:new_event_loop,glassloop:new_event_loop
 
 echo
 echo "=== summary (logs in $logdir)"

@@ -49,8 +49,12 @@ def show_address(sockname):
     print(text, flush=True)
 
 
-def report(loop, context):
-    """The loop's exception handler: one line per error on stderr, plus the traceback."""
+def report(*args):
+    """The loop's exception handler: one line per error on stderr, plus the traceback.
+
+    asyncio calls it as ``handler(loop, context)``; rloop 0.5 as ``handler(context)``,
+    which a two-argument handler turns into a TypeError hiding the real error."""
+    context = args[-1]
     exc = context.get("exception")
     print(f"server error: {context.get('message')}: {exc!r}", file=sys.stderr, flush=True)
     if exc is not None:
