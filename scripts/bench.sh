@@ -16,9 +16,11 @@ loops=asyncio:new_event_loop,uvloop:new_event_loop,rloop:new_event_loop,glassloo
 if [ "${QUICK:-0}" = 1 ]; then
     size=(--quick)
     net=(--quick)
+    over=(--quick)
 else
     size=(--reps 3)
     net=(--reps 2 --duration 2 --warmup 1 --retries 1 --sizes 100,1KiB,64KiB --conns 1,10,100)
+    over=(--reps 8)
 fi
 status=0
 run() {  # run NAME CMD...: one line per part, whatever the others did
@@ -30,10 +32,6 @@ run in-process "$py" benches/compare.py --loops "$loops" "${size[@]}" \
 run network "$py" benches/net_compare.py --loops "$loops" "${net[@]}" \
     --workloads protocol,buffered,streams,sock,unix,udp,tls,http \
     --json "$out/net.json" --markdown "$out/net.md"
-if [ "${QUICK:-0}" = 1 ]; then
-    run overhead "$py" benches/overhead.py --quick --markdown "$out/overhead.md"
-else
-    run overhead "$py" benches/overhead.py --reps 8 --markdown "$out/overhead.md"
-fi
+run overhead "$py" benches/overhead.py "${over[@]}" --markdown "$out/overhead.md"
 echo "bench: tables in $out/ (inproc.md, net.md, overhead.md)"
 exit $status

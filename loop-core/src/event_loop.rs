@@ -219,6 +219,11 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Whether `run_forever` is on some thread's stack (asyncio's `_thread_id` is set).
+    fn running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
     #[inline]
     pub(crate) fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
@@ -836,7 +841,7 @@ impl LoopCore {
         // yet. Visiting would only touch every queued handle (untracked, so a cache
         // miss each) and task entry in every full collection: with 100k tasks
         // gathered, that walk was most of the collector's time the loop added.
-        if self.thread_id.load(Ordering::Relaxed) != 0 {
+        if self.running() {
             return Ok(());
         }
         self.state
@@ -868,7 +873,7 @@ impl LoopCore {
     /// references, and a dropped, unclosed loop in a cycle with it would never be
     /// freed. The loop is old, so only a full collection could free it.
     fn _track_shared_handles(&self, py: Python<'_>) {
-        if self.thread_id.load(Ordering::Relaxed) != 0 {
+        if self.running() {
             return; // a running loop is not visited at all (`__traverse__`)
         }
         self.state.with(py, |s| {
