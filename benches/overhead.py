@@ -29,7 +29,6 @@ than in real time).
 import argparse
 import json
 import os
-import re
 import select
 import socket
 import statistics
@@ -47,6 +46,7 @@ import callgrind  # noqa: E402
 import loopspec  # noqa: E402
 import net_compare  # noqa: E402
 import report  # noqa: E402
+import server_cost  # noqa: E402
 
 INSPECTED = "inspected"
 OFF = "record=false"
@@ -201,36 +201,14 @@ def loop_thread_ir(path):
     return inclusive("__pymethod__run_forever_inner__ [") - inclusive(">::publish [")
 
 
-def echo_instructions(args, loadgen, spec_text_, workdir, seconds=6.0, warmup=3.0):
-    """Instructions per request of the protocol echo server run under callgrind
-    (every thread), counted over the load generator's measured window: the
-    counters are zeroed when its warm-up ends and dumped when it stops. Returns
-    (all threads, loop thread less sample and table publishing), per request."""
-    out = Path(workdir) / f"callgrind.echo.{abs(hash(spec_text_))}.out"
-    server = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", args.python,
-         str(net_compare.SERVERS / "protocol_echo.py"), "--loop", spec_text_, "--addr", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=net_compare.SERVERS,
-        env={**os.environ, "PYTHONHASHSEED": "0"})
-    try:
-        address = net_compare.read_line(server, 300)
-        if address is None:
-            raise RuntimeError(f"echo server under callgrind did not start ({spec_text_})")
-        lg = subprocess.Popen([str(loadgen), "--addr", address, "--conns", str(args.conns), "--size", str(args.size),
-                               "--duration", str(seconds), "--warmup", str(warmup), "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(warmup)
-        subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True)
-        time.sleep(seconds)
-        subprocess.run(["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True)
-        result = json.loads([line for line in lg.communicate(timeout=120)[0].splitlines() if line.startswith("{")][-1])
-    finally:
-        net_compare.stop(server)
-    dumps = sorted(Path(workdir).glob(out.name + ".*"), key=lambda f: f.stat().st_mtime)
-    if not dumps or not result.get("requests"):
-        raise RuntimeError(f"no callgrind dump or no requests ({spec_text_})")
-    total = int(re.search(r"^(?:summary|totals): (\d+)", dumps[-1].read_text(), re.MULTILINE).group(1))
-    return total / result["requests"], loop_thread_ir(dumps[-1]) / result["requests"]
+def echo_instructions(args, loadgen, spec_text_, workdir):
+    """Instructions per request of the protocol echo server under callgrind, over the
+    load generator's measured window (server_cost.py): (all threads, loop thread less
+    sample and table publishing)."""
+    result, dump = server_cost.callgrind_run(args.python, loadgen, "protocol_echo.py", spec_text_, "tcp",
+                                             args.size, args.conns, workdir)
+    total = server_cost.dump_events(dump)["Ir"]
+    return total / result["requests"], loop_thread_ir(dump) / result["requests"]
 
 
 # ---------------------------------------------------------------- summary
