@@ -40,10 +40,18 @@ def instructions(python, loop, workload, n, workdir):
     if done.returncode != 0:
         sys.exit(f"run failed (exit {done.returncode}): {' '.join(command)}\n"
                  f"{done.stdout}{done.stderr[-3000:]}")
-    match = re.search(r"^(?:summary|totals): (\d+)", out.read_text(), re.MULTILINE)
-    if not match:
+    try:
+        return dump_events(out)["Ir"]
+    except (AttributeError, KeyError):
         sys.exit(f"no instruction total in {out}")
-    return int(match.group(1))
+
+
+def dump_events(path):
+    """{event: total} of a callgrind dump (Ir, and with --cache-sim the miss counts)."""
+    text = Path(path).read_text()
+    names = re.search(r"^events: (.+)$", text, re.MULTILINE).group(1).split()
+    totals = re.search(r"^(?:summary|totals): (.+)$", text, re.MULTILINE).group(1).split()
+    return dict(zip(names, map(int, totals)))
 
 
 def main(argv=None):

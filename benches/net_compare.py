@@ -240,13 +240,18 @@ def tail(text, lines=3):
 TIMED_OUT = "load generator did not finish"
 
 
+def loadgen_command(loadgen, transport, address, size, conns, duration, warmup):
+    """The benches/loadgen command line for one run against ``address`` (JSON output)."""
+    flag = {"tcp": "--addr", "tls": "--addr", "unix": "--unix", "udp": "--udp"}[transport]
+    return [str(loadgen), flag, address, *(["--tls"] if transport == "tls" else []),
+            "--conns", str(conns), "--size", str(size),
+            "--duration", str(duration), "--warmup", str(warmup), "--json"]
+
+
 def run_loadgen(args, loadgen, transport, address, size, conns, server_pid):
     """benches/loadgen against ``address``: (its JSON result, '') or (None, why not)."""
-    flag = {"tcp": "--addr", "tls": "--addr", "unix": "--unix", "udp": "--udp"}[transport]
-    lg = [str(loadgen), flag, address, *(["--tls"] if transport == "tls" else []),
-          "--conns", str(conns), "--size", str(size),
-          "--duration", str(args.duration), "--warmup", str(args.warmup),
-          "--server-pid", str(server_pid), "--json"]
+    lg = loadgen_command(loadgen, transport, address, size, conns, args.duration, args.warmup)
+    lg += ["--server-pid", str(server_pid)]
     if args.loadgen_cpu is not None:
         lg += ["--pin-cpu", str(args.loadgen_cpu)]
     try:

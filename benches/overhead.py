@@ -207,7 +207,7 @@ def echo_instructions(args, loadgen, spec_text_, workdir):
     sample and table publishing)."""
     result, dump = server_cost.callgrind_run(args.python, loadgen, "protocol_echo.py", spec_text_, "tcp",
                                              args.size, args.conns, workdir)
-    total = server_cost.dump_events(dump)["Ir"]
+    total = callgrind.dump_events(dump)["Ir"]
     return total / result["requests"], loop_thread_ir(dump) / result["requests"]
 
 

@@ -26,13 +26,14 @@ Exit status 1 if a measurement failed.
 import argparse
 import json
 import os
-import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import callgrind
 import loopspec
 import net_compare
 
@@ -54,12 +55,6 @@ def start_server(command, transport, tmpdir, timeout):
     return proc, address
 
 
-def loadgen_command(loadgen, transport, address, size, conns, seconds, warmup):
-    flag = {"tcp": "--addr", "unix": "--unix", "udp": "--udp"}[transport]
-    return [str(loadgen), flag, address, "--conns", str(conns), "--size", str(size),
-            "--duration", str(seconds), "--warmup", str(warmup), "--json"]
-
-
 def last_json(text):
     lines = [line for line in text.splitlines() if line.startswith("{")]
     if not lines:
@@ -77,7 +72,7 @@ def callgrind_run(python, loadgen, script, spec_text, transport, size, conns, wo
                python, str(net_compare.SERVERS / script), "--loop", spec_text]
     server, address = start_server(command, transport, workdir, 300)
     try:
-        lg = subprocess.Popen(loadgen_command(loadgen, transport, address, size, conns, seconds, warmup),
+        lg = subprocess.Popen(net_compare.loadgen_command(loadgen, transport, address, size, conns, seconds, warmup),
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         time.sleep(warmup)
         subprocess.run(["callgrind_control", "-z", str(server.pid)], capture_output=True, check=True)
@@ -92,14 +87,6 @@ def callgrind_run(python, loadgen, script, spec_text, transport, size, conns, wo
     return result, dumps[-1]
 
 
-def dump_events(path):
-    """{event: total} of a callgrind dump (Ir, and with --cache-sim the miss counts)."""
-    text = Path(path).read_text()
-    names = re.search(r"^events: (.+)$", text, re.MULTILINE).group(1).split()
-    totals = re.search(r"^(?:summary|totals): (.+)$", text, re.MULTILINE).group(1).split()
-    return dict(zip(names, map(int, totals)))
-
-
 def strace_run(python, loadgen, script, spec_text, transport, size, conns, workdir, seconds=3.0):
     """Syscalls per request of `script` at full speed: ({name: per request}, result)."""
     server, address = start_server([python, str(net_compare.SERVERS / script), "--loop", spec_text],
@@ -109,9 +96,9 @@ def strace_run(python, loadgen, script, spec_text, transport, size, conns, workd
         tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(server.pid), "-o", str(counts)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)  # attached to every thread before the first connection
-        done = subprocess.run(loadgen_command(loadgen, transport, address, size, conns, seconds, 0.5),
+        done = subprocess.run(net_compare.loadgen_command(loadgen, transport, address, size, conns, seconds, 0.5),
                               capture_output=True, text=True, timeout=seconds + 60)
-        tracer.send_signal(2)  # SIGINT: strace detaches and writes its table
+        tracer.send_signal(signal.SIGINT)  # strace detaches and writes its table
         tracer.wait(30)
     finally:
         net_compare.stop(server)
@@ -181,7 +168,7 @@ def main(argv=None):
                             if not args.no_callgrind:
                                 result, dump = callgrind_run(args.python, loadgen, script, spec.text, transport,
                                                              size, conns, workdir, args.seconds, cache_sim=args.cache_sim)
-                                events = dump_events(dump)
+                                events = callgrind.dump_events(dump)
                                 row["callgrind_requests"] = result["requests"]
                                 row["per_request"] = {k: v / result["requests"] for k, v in events.items()}
                             if not args.no_strace:

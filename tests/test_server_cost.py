@@ -1,4 +1,5 @@
-"""benches/server_cost.py's readings of strace's and callgrind's output."""
+"""The readings of strace's output (benches/server_cost.py) and callgrind's
+(benches/callgrind.py) that server_cost.py's tables rest on."""
 
 import os
 import sys
@@ -9,6 +10,7 @@ BENCHES = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "b
 # Appended, not prepended: benches/ holds generic names (report, runner).
 sys.path.append(BENCHES)
 
+import callgrind  # noqa: E402  (benches/callgrind.py)
 import server_cost  # noqa: E402  (benches/server_cost.py)
 
 STRACE_C = """\
@@ -37,11 +39,11 @@ def test_callgrind_dump_totals_by_event(tmp_path):
                     "fl=(1) a.c\nfn=(1) main\n3 10 4 2 1 1 0 1 0 0\n"
                     "summary: 1000 400 200 10 30 20 5 3 2\n"
                     "totals: 1000 400 200 10 30 20 5 3 2\n")
-    assert server_cost.dump_events(dump) == {"Ir": 1000, "Dr": 400, "Dw": 200, "I1mr": 10, "D1mr": 30,
+    assert callgrind.dump_events(dump) == {"Ir": 1000, "Dr": 400, "Dw": 200, "I1mr": 10, "D1mr": 30,
                                              "D1mw": 20, "ILmr": 5, "DLmr": 3, "DLmw": 2}
     plain = tmp_path / "callgrind.out.2"
     plain.write_text("events: Ir\nfn=(1) main\n1 7\ntotals: 7\n")
-    assert server_cost.dump_events(plain) == {"Ir": 7}
+    assert callgrind.dump_events(plain) == {"Ir": 7}
 
 
 def test_only_stream_echo_workloads_are_accepted():
