@@ -769,6 +769,51 @@ def test_transport_isinstance_transport_abcs(loop, run, kind):
     assert isinstance(tr, asyncio.BaseTransport)
 
 
+def test_transport_methods_take_arguments_as_asyncio_declares_them(loop, run):
+    """The transport's methods as users call them: by keyword, through a saved
+    bound method, through the class, with a wrong count (TypeError); and the
+    transport can be weakly referenced."""
+    import inspect
+    import weakref
+
+    async def main():
+        tr, pr, peer = await connected_to_plain_peer(loop, "tcp", lambda: Recorder(loop))
+        try:
+            write = tr.write
+            write(b"a")
+            tr.write(data=b"b")
+            type(tr).write(tr, b"c")
+            tr.writelines(list_of_data=[b"d"])
+            for call in (lambda: tr.write(), lambda: tr.write(b"x", b"y"), lambda: tr.write(b"x", nope=1),
+                         lambda: tr.is_closing(1)):
+                with pytest.raises(TypeError):
+                    call()
+            tr.set_write_buffer_limits(high=4096, low=1024)
+            limits = tr.get_write_buffer_limits()
+            extra = (tr.get_extra_info(name="peername"), tr.get_extra_info("nothing", default=7))
+            params = {name: list(inspect.signature(getattr(tr, name)).parameters)
+                      for name in ("write", "writelines", "get_extra_info", "set_write_buffer_limits")}
+            ref = weakref.ref(tr)
+            tr.close()
+            got = await loop.run_in_executor(None, recv_until_eof, peer)
+            return limits, extra, params, ref() is tr, got, peer.getsockname()
+        finally:
+            tr.close()
+            peer.close()
+
+    limits, extra, params, weak_ok, got, peer_name = run(main())
+    assert got == b"abcd"
+    assert limits == (1024, 4096)
+    assert extra == (peer_name, 7)
+    assert params == {
+        "write": ["data"],
+        "writelines": ["list_of_data"],
+        "get_extra_info": ["name", "default"],
+        "set_write_buffer_limits": ["high", "low"],
+    }
+    assert weak_ok
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_is_reading_pause_resume(loop, run, kind):
     async def main():

@@ -593,6 +593,33 @@ def test_sendto_accepts_bytearray_and_memoryview(loop, run):
                                           array.array("i", [1, 2]).tobytes()]
 
 
+def test_sendto_by_keyword_bound_method_and_weakref(loop, run):
+    """sendto as users call it: by keyword, through a saved bound method and the
+    class; a wrong count is a TypeError; the endpoint can be weakly referenced."""
+    import weakref
+
+    async def main():
+        t, p = await loop.create_datagram_endpoint(lambda: Dgram(loop), local_addr=("127.0.0.1", 0))
+        addr = t.get_extra_info(name="sockname")
+        send = t.sendto
+        send(b"one", addr)
+        t.sendto(data=b"two", addr=addr)
+        type(t).sendto(t, b"three", addr)
+        with pytest.raises(TypeError):
+            t.sendto()
+        with pytest.raises(TypeError):
+            t.sendto(b"x", addr, 1, 2)
+        await p.wait_count(3)
+        ref = weakref.ref(t)
+        t.close()
+        await p.lost
+        return p, ref() is t
+
+    p, weak_ok = run(main())
+    assert [d for d, _ in p.received] == [b"one", b"two", b"three"]
+    assert weak_ok
+
+
 class Boom(Exception):
     pass
 

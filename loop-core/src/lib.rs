@@ -33,6 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     handles::install_slots(m.py());
     m.add_class::<transports::StreamTransport>()?;
     m.add_class::<transports::DatagramTransport>()?;
+    m.add_function(wrap_pyfunction!(transports::facade::_install_facades, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(start_inspector, m)?)?;
     m.add_function(wrap_pyfunction!(start_otlp, m)?)?;

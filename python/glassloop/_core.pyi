@@ -15,6 +15,12 @@ def _read_pipe(fd: int, max_size: int) -> bytes | None:
     as `os.read`, but None on EAGAIN."""
     ...
 
+def _install_facades(stream_facade: type, datagram_facade: type) -> None:
+    """Puts the methods of StreamTransportCore and DatagramTransportCore on the
+    Python transport classes whose instances keep one in their `_core` slot:
+    each calls the core's method of the same name."""
+    ...
+
 class Handle:
     """A callback scheduled with `call_soon`."""
 

@@ -94,18 +94,17 @@ def _server_detach(server: Any, transport: Any) -> None:
 
 class _CoreFacade:
     """What the two Rust-backed transports share: the Python object asyncio sees
-    in front of a Rust core. The core's methods are bound into the instance, so a
-    call costs no Python frame; the attributes asyncio's own code reads on its
-    transports are the core's."""
+    in front of a Rust core, kept in the `_core` slot. The core's methods are
+    method descriptors on the class (`_core._install_facades`), so a call
+    costs no Python frame and reads no instance dict; the attributes asyncio's own
+    code reads on its transports are the core's."""
 
+    __slots__ = ()
     _core_name = ""
-    _core_methods: tuple[str, ...] = ()
 
     def _bind_core(self, loop: Loop, core: Any) -> None:
         self._core = core
         self._loop = loop
-        for name in self._core_methods:
-            setattr(self, name, getattr(core, name))
         core._set_facade(self)
 
     @property
@@ -129,7 +128,7 @@ class _CoreFacade:
 
     def __del__(self, _warn=warnings.warn) -> None:
         # As asyncio's transports: a transport dropped while open warns and closes its socket.
-        core = self.__dict__.get("_core")
+        core = getattr(self, "_core", None)
         sock = core._sock if core is not None else None
         if sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
@@ -143,16 +142,10 @@ class StreamTransport(_CoreFacade, asyncio.transports._FlowControlMixin):
     transports are, which `loop.sendfile()`'s fallback requires).
     """
 
+    __slots__ = ("_core", "__weakref__")
     _sendfile_compatible = asyncio.constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = True
     _core_name = "StreamTransport"
-    _core_methods = (
-        "write", "writelines", "write_eof", "can_write_eof", "abort", "close", "is_closing",
-        "pause_reading", "resume_reading", "is_reading", "get_write_buffer_size",
-        "get_write_buffer_limits", "set_write_buffer_limits", "set_protocol", "get_protocol",
-        "get_extra_info", "_start_reading", "_call_connection_lost",
-        "_make_empty_waiter", "_reset_empty_waiter", "_wait_writable", "_force_close",
-    )
 
     def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, extra: dict | None, server: Any) -> None:
         self._bind_core(loop, _core.StreamTransportCore(loop, sock, protocol, extra, server))
@@ -166,13 +159,8 @@ class DatagramTransport(_CoreFacade, asyncio.transports._FlowControlMixin, async
     write buffer has water marks).
     """
 
+    __slots__ = ("_core", "__weakref__")
     _core_name = "DatagramTransport"
-    _core_methods = (
-        "sendto", "abort", "close", "is_closing", "pause_reading", "resume_reading", "is_reading",
-        "get_write_buffer_size", "get_write_buffer_limits", "set_write_buffer_limits",
-        "set_protocol", "get_protocol", "get_extra_info", "_start_reading", "_call_connection_lost",
-        "_force_close",
-    )
 
     def __init__(self, loop: Loop, sock: socket.socket, protocol: asyncio.BaseProtocol, address: Any, extra: dict | None) -> None:
         self._bind_core(loop, _core.DatagramTransportCore(loop, sock, protocol, address, extra))
@@ -180,6 +168,9 @@ class DatagramTransport(_CoreFacade, asyncio.transports._FlowControlMixin, async
     @property
     def _address(self) -> Any:
         return self._core._address
+
+
+_core._install_facades(StreamTransport, DatagramTransport)
 
 
 _DATAGRAM_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)

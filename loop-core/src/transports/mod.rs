@@ -2,6 +2,7 @@
 //! and the protocol's callbacks are called directly, with no `Handle` per event.
 
 pub mod datagram;
+pub mod facade;
 pub mod stream;
 mod write_buffer;
 

@@ -895,7 +895,7 @@ impl StreamTransport {
         Self::call_connection_lost(slf, exc.map(Bound::unbind))
     }
 
-    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         // Exactly bytes (what data_received hands out, so every echo): immutable
         // storage that lives as long as `data`, so no buffer export (and no
         // allocation for its view) is needed.
