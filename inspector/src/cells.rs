@@ -115,7 +115,7 @@ impl Cells {
 
     /// Counts the values [`Cells::record`] kept.
     #[inline(never)]
-    pub fn count_pending(&mut self) {
+    fn count_pending(&mut self) {
         let mut top = self.top;
         for &value in &self.pending[..self.pending_len] {
             let i = Self::index(value);

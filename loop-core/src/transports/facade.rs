@@ -24,17 +24,20 @@ use pyo3::Borrowed;
 use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicIsize, AtomicPtr, Ordering::Relaxed};
 
+/// The most methods a facade class forwards (checked at compile time by `facade_class!`).
+const MAX_METHODS: usize = 32;
+
 /// What the forwarders of one facade class need: where its instances keep the
 /// core, and the core's method (its descriptor) for each forwarded name. Set
 /// once, by `install`, before any forwarder can run.
 struct FacadeClass {
     core_offset: AtomicIsize,
-    targets: [AtomicPtr<ffi::PyObject>; 32],
+    targets: [AtomicPtr<ffi::PyObject>; MAX_METHODS],
 }
 
 impl FacadeClass {
     const fn new() -> Self {
-        FacadeClass { core_offset: AtomicIsize::new(0), targets: [const { AtomicPtr::new(std::ptr::null_mut()) }; 32] }
+        FacadeClass { core_offset: AtomicIsize::new(0), targets: [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_METHODS] }
     }
 
     /// The core of `slf`, with a reference of its own: the call may drop the
@@ -118,6 +121,8 @@ macro_rules! facade_class {
             pub(super) const METHODS: &[(&str, fastcall::Method)] = &[$(
                 (stringify!($name), facade_class!(@method $name $(= $own)?)),
             )*];
+
+            const _: () = assert!(METHODS.len() <= MAX_METHODS, "raise MAX_METHODS");
         }
     };
     (@method $name:ident = $own:path) => { $own };
