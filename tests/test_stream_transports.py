@@ -1994,3 +1994,60 @@ def test_received_bytes_are_never_rewritten(loop, run, kind, size):
     assert len(pr.kept) >= count // 2
     for offset, obj in pr.kept:
         assert bytes(obj) == sent[offset:offset + len(obj)]
+
+
+class MessageKeeper(Recorder):
+    """Keeps every other bytes object data_received gets and acks each message
+    (of the sizes given) once it is whole, so the peer sends one at a time."""
+
+    def __init__(self, loop, sizes):
+        super().__init__(loop)
+        self.ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+        self.kept = []  # (offset, object)
+        self.hash_errors = []
+
+    def data_received(self, data):
+        offset = len(self.data)
+        super().data_received(data)
+        if len(self.kept) % 2 == 0 or offset % 2 == 0:
+            self.kept.append((offset, data))
+        if hash(data) != hash(bytes(bytearray(data))):
+            self.hash_errors.append(offset)
+        acks = sum(1 for end in self.ends if offset < end <= len(self.data))
+        if acks:
+            self.transport.write(b"k" * acks)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reads_of_changing_sizes_are_whole_and_never_rewritten(loop, run, kind):
+    # After large reads glassloop reads into a bytes object the size of the last
+    # read; these sizes make the next read larger, a little smaller, much smaller,
+    # exactly the largest read (256 KiB) and beyond it, then small and large again.
+    sizes = [65536, 65536, 100000, 60000, 70000, 1000, 65536, 20000, 65536, 262144,
+             300000, 17000, 16384, 16383, 40000, 65536]
+    rng = random.Random(11)
+    messages = [rng.randbytes(n) for n in sizes]
+
+    async def main():
+        tr, pr, peer = await connected_to_plain_peer(loop, kind, lambda: MessageKeeper(loop, sizes))
+
+        def drive():
+            for m in messages:
+                peer.sendall(m)
+                assert peer.recv(1) == b"k"
+            peer.shutdown(socket.SHUT_WR)
+
+        try:
+            await loop.run_in_executor(None, drive)
+            await asyncio.wait_for(pr.eof, 10)
+        finally:
+            tr.close()
+            peer.close()
+        return pr
+
+    pr = run(main())
+    sent = b"".join(messages)
+    assert bytes(pr.data) == sent
+    assert pr.errors == [] and pr.hash_errors == []
+    for offset, obj in pr.kept:
+        assert bytes(obj) == sent[offset:offset + len(obj)]

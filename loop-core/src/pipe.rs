@@ -29,7 +29,7 @@ pub fn _read_pipe(py: Python<'_>, fd: RawFd, max_size: usize) -> PyResult<Option
     let obj = spare_bytes::uninit(py, n)?;
     // SAFETY: `obj` has `n` writable bytes; nothing else sees it yet.
     match crate::sock::syscall(py, || unsafe { crate::sys::read(fd, spare_bytes::data_ptr(&obj), n) })? {
-        Some(got) if got != n => spare_bytes::shrink(obj, got).map(Some),
+        Some(got) if got != n => spare_bytes::resize(obj, got).map(Some),
         Some(_) => Ok(Some(obj)),
         None => Ok(None),
     }

@@ -183,7 +183,7 @@ fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>
     match syscall(py, || unsafe { crate::sys::recv(fd, crate::spare_bytes::data_ptr(&obj), n, 0) })? {
         Some(got) => {
             LAST_READ_LARGE.set(got > SMALL_READ);
-            let obj = if got != n { crate::spare_bytes::shrink(obj, got)? } else { obj };
+            let obj = if got != n { crate::spare_bytes::resize(obj, got)? } else { obj };
             Ok(Some(obj.into_any().unbind()))
         }
         None => {

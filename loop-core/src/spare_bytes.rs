@@ -14,6 +14,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::cell::Cell;
+use std::ops::RangeInclusive;
 
 pub(crate) struct SpareBytes(Cell<Option<Py<PyBytes>>>);
 
@@ -25,11 +26,18 @@ impl SpareBytes {
     /// A bytes object of `n` bytes, of unspecified content, that only the caller
     /// references: the spare if it has that size, else a new one.
     pub(crate) fn take<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
+        self.take_within(py, n..=n, n)
+    }
+
+    /// The spare if its size is within `sizes`, else a new bytes object of `n`
+    /// bytes; either way of unspecified content and referenced only by the caller.
+    /// A spare of another size stays for a read of its own size.
+    pub(crate) fn take_within<'py>(&self, py: Python<'py>, sizes: RangeInclusive<usize>, n: usize) -> PyResult<Bound<'py, PyBytes>> {
         // Taken out of the cell while in use: a read nested in this one (a signal
         // handler, say) finds no spare rather than this one.
         if let Some(spare) = self.0.take() {
             let spare = spare.into_bound(py);
-            if spare.as_bytes().len() == n {
+            if sizes.contains(&spare.as_bytes().len()) {
                 // SAFETY: `keep` made sure nothing else references the object, so we
                 // may write it. Python may have hashed it while it had it, and the
                 // hash is cached in the object; _PyBytes_Resize resets that cache only
@@ -40,6 +48,7 @@ impl SpareBytes {
                 };
                 return Ok(spare);
             }
+            self.0.set(Some(spare.unbind()));
         }
         uninit(py, n)
     }
@@ -79,8 +88,9 @@ pub(crate) fn data_ptr(obj: &Bound<'_, PyBytes>) -> *mut libc::c_void {
     unsafe { ffi::PyBytes_AsString(obj.as_ptr()) }.cast()
 }
 
-/// `obj`, which only the caller references, cut to its first `n` bytes.
-pub(crate) fn shrink(obj: Bound<'_, PyBytes>, n: usize) -> PyResult<Bound<'_, PyBytes>> {
+/// `obj`, which only the caller references, resized to `n` bytes: cut to its
+/// first `n`, or grown with `n - len` bytes of unspecified content after its own.
+pub(crate) fn resize(obj: Bound<'_, PyBytes>, n: usize) -> PyResult<Bound<'_, PyBytes>> {
     let py = obj.py();
     let mut ptr = obj.into_ptr();
     // SAFETY: our reference is the only one, as _PyBytes_Resize requires; on

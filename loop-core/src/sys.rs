@@ -74,6 +74,16 @@ pub unsafe fn read(fd: RawFd, buf: *mut libc::c_void, len: usize) -> isize {
     ret(unsafe { libc::syscall(libc::SYS_read, fd, buf, len) })
 }
 
+/// `readv(2)`.
+///
+/// # Safety
+/// `iov` points to `iovcnt` iovecs, each valid for its `iov_len` writable bytes.
+#[inline]
+pub unsafe fn readv(fd: RawFd, iov: *const libc::iovec, iovcnt: libc::c_int) -> isize {
+    // SAFETY: the caller vouches for the buffers.
+    ret(unsafe { libc::syscall(libc::SYS_readv, fd, iov, iovcnt) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

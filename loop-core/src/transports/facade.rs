@@ -109,14 +109,10 @@ macro_rules! facade_class {
             use super::*;
 
             #[allow(non_camel_case_types)]
-            enum Name { $($name),* }
+            pub(super) enum Name { $($name),* }
 
             pub(super) static CLASS: FacadeClass = FacadeClass::new();
 
-            #[allow(non_upper_case_globals)]
-            pub(super) mod index {
-                $(pub const $name: usize = super::Name::$name as usize;)*
-            }
 
             pub(super) const METHODS: &[(&str, fastcall::Method)] = &[$(
                 (stringify!($name), facade_class!(@method $name $(= $own)?)),
@@ -177,7 +173,7 @@ unsafe extern "C" fn stream_write(
                     return Ok(py.None().into_ptr());
                 }
             }
-            stream::CLASS.forward(py, stream::index::write, slf, args, nargs, kwnames)
+            stream::CLASS.forward(py, stream::Name::write as usize, slf, args, nargs, kwnames)
         })
     }
 }
@@ -220,8 +216,8 @@ fn install(
 /// Where instances of `facade` keep their `_core` slot (an object member).
 fn core_slot_offset(facade: &Bound<'_, PyType>) -> PyResult<isize> {
     let descr = facade.getattr("_core")?;
-    // SAFETY: reading the type object of a static type, with the GIL held.
-    let member_type = unsafe { &raw mut ffi::PyMemberDescr_Type };
+    // Only the address of the static type object is taken, not read.
+    let member_type = &raw mut ffi::PyMemberDescr_Type;
     if !std::ptr::eq(descr.get_type().as_type_ptr(), member_type) {
         return Err(PyTypeError::new_err(format!("{} needs a '_core' slot", facade.name()?)));
     }

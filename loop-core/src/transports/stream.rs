@@ -119,8 +119,9 @@ struct Inner {
     read_done: bool,
     /// A read of this transport is in the ready queue (see `claim_read`).
     read_queued: bool,
-    /// The last read was at least LARGE_READ bytes (see `read_to_bytes`).
-    large_reads: bool,
+    /// The size of the last read if it was at least LARGE_READ bytes, else 0
+    /// (see `read_large_to_bytes`).
+    large_read: usize,
     conn_lost: u32,
     protocol_paused: bool,
     /// `loop.sendfile()`: resolved once the write buffer is empty; writes are refused meanwhile.
@@ -177,6 +178,23 @@ fn recv_retrying(fd: RawFd, buf: *mut libc::c_void, len: usize) -> Result<usize,
     loop {
         // SAFETY: callers pass a buffer valid for `len` writable bytes.
         let n = unsafe { crate::sys::recv(fd, buf, len, 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+/// `readv(2)` into `iov`, retried on EINTR; Err(errno) otherwise.
+fn readv_retrying(fd: RawFd, iov: &[libc::iovec]) -> Result<usize, i32> {
+    // A zero-length last buffer is left out (the kernel would skip it anyway).
+    let count = iov.iter().rposition(|v| v.iov_len > 0).map_or(0, |i| i + 1);
+    loop {
+        // SAFETY: callers pass iovecs valid for their lengths.
+        let n = unsafe { crate::sys::readv(fd, iov.as_ptr(), count as libc::c_int) };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -404,47 +422,76 @@ impl StreamTransport {
             if i.conn_lost > 0 || i.closing || i.paused || !i.started || i.read_done {
                 return None;
             }
-            i.protocol.as_ref().map(|p| (p.buffered, p.obj.clone_ref(py), i.large_reads))
+            i.protocol.as_ref().map(|p| (p.buffered, p.obj.clone_ref(py), i.large_read))
         });
         let Some((buffered, protocol, large)) = proto else {
             return Ok(ReadOutcome::Closed);
         };
         if buffered {
             Self::read_into_protocol_buffer(slf, protocol.bind(py))
-        } else if large {
-            Self::read_large_to_bytes(slf, protocol.bind(py))
+        } else if large > 0 {
+            Self::read_large_to_bytes(slf, protocol.bind(py), large)
         } else {
             Self::read_to_bytes(slf, protocol.bind(py))
         }
     }
 
-    /// After a large read, data likely comes in large reads: `FIONREAD` says how
-    /// much is waiting, and a large amount is received straight into a bytes object
-    /// of that size. This saves copying every byte once more, which at 64 KiB costs
-    /// more than the extra syscall (the copy in `read_to_bytes` suits small reads).
-    fn read_large_to_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<ReadOutcome> {
+    /// After a large read, data likely comes in large reads: one `readv(2)` reads
+    /// into a large bytes object (the thread's spare, or a new one the size of this
+    /// transport's last read) and on into the thread's read buffer behind it. A
+    /// stream of equal messages fills the bytes object exactly, so each byte is
+    /// copied once, by the kernel, and no `FIONREAD` sizes the read first.
+    fn read_large_to_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, last: usize) -> PyResult<ReadOutcome> {
         let py = slf.py();
-        let fd = slf.get().fd;
-        let mut waiting: libc::c_int = 0;
-        // SAFETY: FIONREAD stores an int at the pointer.
-        if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) } != 0 || (waiting as usize) < LARGE_READ {
-            return Self::read_to_bytes(slf, protocol);
-        }
-        let want = (waiting as usize).min(MAX_READ);
-        let data = match DATA_SPARE.with(|spare| spare.take(py, want)) {
+        let data = match DATA_SPARE.with(|spare| spare.take_within(py, LARGE_READ..=MAX_READ, last.min(MAX_READ))) {
             Ok(data) => data,
             Err(err) => return Self::read_failed(slf, err),
         };
-        // SAFETY: `data` has `want` writable bytes and only we reference it (SpareBytes::take).
-        let read = recv_retrying(fd, crate::spare_bytes::data_ptr(&data), want);
-        let data = match read {
-            Ok(n) if n > 0 && n < want => match crate::spare_bytes::shrink(data, n) {
-                Ok(data) => data,
-                Err(err) => return Self::read_failed(slf, err),
-            },
-            _ => data,
+        let head = data.as_bytes().len();
+        let (read, data) = READ_BUFFER.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let iov = [
+                libc::iovec { iov_base: crate::spare_bytes::data_ptr(&data), iov_len: head },
+                libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: MAX_READ - head },
+            ];
+            // SAFETY: `data` has `head` writable bytes that only we reference
+            // (take_within), and the read buffer MAX_READ, borrowed until the end.
+            let read = readv_retrying(slf.get().fd, &iov);
+            let data = match read {
+                Ok(n) if n == head => Ok(Some(data)),
+                // More than the last time: the rest is copied in from the read buffer.
+                Ok(n) if n > head => crate::spare_bytes::resize(data, n).map(|data| {
+                    // SAFETY: `data` now has `n` bytes, only ours; the buffer holds `n - head` read bytes.
+                    unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), crate::spare_bytes::data_ptr(&data).cast::<u8>().add(head), n - head) };
+                    Some(data)
+                }),
+                // Less, but still large: cut in place (no copy), and the next read
+                // expects this size.
+                Ok(n) if n >= LARGE_READ => crate::spare_bytes::resize(data, n).map(Some),
+                // Small: a small copy, and the large object stays for the next large read.
+                Ok(n) if n > 0 => {
+                    let small = crate::spare_bytes::uninit(py, n).map(|small| {
+                        // SAFETY: `small` has `n` writable bytes, only ours; `data` holds the `n` read.
+                        unsafe { std::ptr::copy_nonoverlapping(data.as_bytes().as_ptr(), crate::spare_bytes::data_ptr(&small).cast::<u8>(), n) };
+                        Some(small)
+                    });
+                    DATA_SPARE.with(|spare| spare.keep(data));
+                    small
+                }
+                _ => {
+                    DATA_SPARE.with(|spare| spare.keep(data));
+                    Ok(None)
+                }
+            };
+            (read, data)
+        });
+        let data = match data {
+            Ok(data) => data,
+            Err(err) => return Self::read_failed(slf, err),
         };
-        Self::finish_read(slf, read, MAX_READ, "data_received", || deliver_bytes(protocol, data))
+        Self::finish_read(slf, read, MAX_READ, "data_received", || {
+            deliver_bytes(protocol, data.expect("delivered only after a successful read"))
+        })
     }
 
     fn read_to_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<ReadOutcome> {
@@ -511,7 +558,7 @@ impl StreamTransport {
         slf.get().inner.with(slf.py(), |i| {
             i.stats.bytes_in += n as u64;
             i.stats.calls_in += 1;
-            i.large_reads = n >= LARGE_READ;
+            i.large_read = if n >= LARGE_READ { n } else { 0 };
         });
         if let Err(err) = deliver() {
             return Self::callback_failed(slf, err, callback);
@@ -846,7 +893,7 @@ impl StreamTransport {
                 started: false,
                 read_done: false,
                 read_queued: false,
-                large_reads: false,
+                large_read: 0,
                 conn_lost: 0,
                 protocol_paused: false,
                 empty_waiter: None,
