@@ -1,0 +1,59 @@
+"""benches/rounds.py: per-round ratios against the best peer, rounds disturbed by
+other processes left out, and which figure decides a cell."""
+
+import os
+import sys
+
+BENCHES = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benches")
+sys.path.append(BENCHES)
+
+import rounds  # noqa: E402  (benches/rounds.py)
+
+
+def run(label, rep, rps, cpu_us, loadgen=0.6, other=0.0, workload="protocol", size=1024, conns=10):
+    return {"ok": True, "label": label, "rep": rep, "workload": workload, "size": size, "conns": conns,
+            "rps": rps, "cpu_us": cpu_us, "loadgen_util": loadgen, "other_cpus": other}
+
+
+def test_each_round_is_judged_against_its_best_peer():
+    doc = {"runs": [
+        run("uvloop", 1, 100, 10), run("rloop", 1, 200, 8), run("glassloop", 1, 220, 9),
+        run("uvloop", 2, 300, 5), run("rloop", 2, 100, 9), run("glassloop", 2, 270, 6),
+        run("uvloop", 3, 100, 10), run("rloop", 3, 100, 10), run("glassloop", 3, 150, 7),
+    ]}
+    found, dropped = rounds.collect([doc], "glassloop", ["uvloop", "rloop"], 0.1)
+    assert dropped == {}
+    rate = sorted(r[0] for r in found[("protocol", 1024, 10)])
+    assert rate == [0.9, 1.1, 1.5]  # 270/300 (uvloop's round), 220/200, 150/100
+    (row,) = rounds.verdicts(found, 0.9)
+    assert row["rounds"] == 3 and row["rate"] == 1.1 and row["decides"] == "rate" and row["ahead"]
+
+
+def test_disturbed_rounds_are_left_out_and_counted():
+    doc = {"runs": [
+        run("rloop", 1, 100, 10), run("glassloop", 1, 50, 20, other=0.4),
+        run("rloop", 2, 100, 10, other=0.3), run("glassloop", 2, 50, 20),
+        run("rloop", 3, 100, 10), run("glassloop", 3, 120, 8),
+    ]}
+    found, dropped = rounds.collect([doc], "glassloop", ["rloop"], 0.1)
+    assert dropped == {("protocol", 1024, 10): 2}
+    assert found[("protocol", 1024, 10)] == [(1.2, 0.8, 0.6)]
+
+
+def test_cpu_decides_where_the_load_generator_is_the_bottleneck():
+    # Faster but dearer per request: ahead on rate, behind where CPU decides.
+    doc = {"runs": [run("rloop", 1, 100, 10, loadgen=0.95), run("glassloop", 1, 110, 11, loadgen=0.95)]}
+    found, _ = rounds.collect([doc], "glassloop", ["rloop"], 0.1)
+    (row,) = rounds.verdicts(found, 0.9)
+    assert row["decides"] == "CPU" and not row["ahead"]
+    (row,) = rounds.verdicts(found, 0.99)
+    assert row["decides"] == "rate" and row["ahead"]
+
+
+def test_rounds_pool_across_files_and_skip_failed_runs():
+    one = {"runs": [run("rloop", 1, 100, 10), run("glassloop", 1, 90, 10)]}
+    two = {"runs": [run("rloop", 1, 100, 10), {**run("glassloop", 1, 500, 1), "ok": False},
+                    run("rloop", 2, 100, 10), run("glassloop", 2, 130, 10)]}
+    found, _ = rounds.collect([one, two], "glassloop", ["rloop"], 0.1)
+    assert sorted(r[0] for r in found[("protocol", 1024, 10)]) == [0.9, 1.3]
+    assert rounds.cell_name(("streams", 65536, 100)) == "streams 64 KiB ×100"
