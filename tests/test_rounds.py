@@ -15,7 +15,7 @@ def run(label, rep, rps, cpu_us, loadgen=0.6, other=0.0, workload="protocol", si
             "rps": rps, "cpu_us": cpu_us, "loadgen_util": loadgen, "other_cpus": other}
 
 
-def test_each_round_is_judged_against_its_best_peer():
+def test_each_round_is_judged_against_each_peer_and_the_best_of_the_round():
     doc = {"runs": [
         run("uvloop", 1, 100, 10), run("rloop", 1, 200, 8), run("glassloop", 1, 220, 9),
         run("uvloop", 2, 300, 5), run("rloop", 2, 100, 9), run("glassloop", 2, 270, 6),
@@ -23,10 +23,24 @@ def test_each_round_is_judged_against_its_best_peer():
     ]}
     found, dropped = rounds.collect([doc], "glassloop", ["uvloop", "rloop"], 0.1)
     assert dropped == {}
-    rate = sorted(r[0] for r in found[("protocol", 1024, 10)])
-    assert rate == [0.9, 1.1, 1.5]  # 270/300 (uvloop's round), 220/200, 150/100
+    cell = found[("protocol", 1024, 10)]
+    assert sorted(r[0] for r in cell["uvloop"]) == [0.9, 1.5, 2.2]
+    assert sorted(r[0] for r in cell["rloop"]) == [1.1, 1.5, 2.7]
+    assert sorted(r[0] for r in cell[rounds.BEST]) == [0.9, 1.1, 1.5]  # 270/300 (uvloop's round), 220/200, 150/100
     (row,) = rounds.verdicts(found, 0.9)
-    assert row["rounds"] == 3 and row["rate"] == 1.1 and row["decides"] == "rate" and row["ahead"]
+    assert row["against"]["uvloop"]["rate"] == 1.5 and row["against"][rounds.BEST]["rate"] == 1.1
+    assert row["against"]["rloop"]["decides"] == "rate" and row["ahead"]
+
+
+def test_behind_one_peer_is_behind():
+    doc = {"runs": [run("uvloop", r, 100, 10) for r in (1, 2, 3)] + [run("rloop", r, 130, 10) for r in (1, 2, 3)]
+           + [run("glassloop", r, 120, 10) for r in (1, 2, 3)]}
+    (row,) = rounds.verdicts(rounds.collect([doc], "glassloop", ["uvloop", "rloop"], 0.1)[0], 0.9)
+    assert row["against"]["uvloop"]["ahead"] and not row["against"]["rloop"]["ahead"]
+    assert not row["ahead"]
+    table = rounds.markdown([row], {}, "glassloop", ["uvloop", "rloop"])
+    assert "| protocol 1 KiB ×10 | 3 (0) | 60% | rate 1.20 (1.20–1.20) | rate 0.92 (0.92–0.92) |" in table
+    assert table.endswith("| behind |")
 
 
 def test_disturbed_rounds_are_left_out_and_counted():
@@ -37,7 +51,7 @@ def test_disturbed_rounds_are_left_out_and_counted():
     ]}
     found, dropped = rounds.collect([doc], "glassloop", ["rloop"], 0.1)
     assert dropped == {("protocol", 1024, 10): 2}
-    assert found[("protocol", 1024, 10)] == [(1.2, 0.8, 0.6)]
+    assert found[("protocol", 1024, 10)]["rloop"] == [(1.2, 0.8, 0.6)]
 
 
 def test_cpu_decides_where_the_load_generator_is_the_bottleneck():
@@ -45,9 +59,9 @@ def test_cpu_decides_where_the_load_generator_is_the_bottleneck():
     doc = {"runs": [run("rloop", 1, 100, 10, loadgen=0.95), run("glassloop", 1, 110, 11, loadgen=0.95)]}
     found, _ = rounds.collect([doc], "glassloop", ["rloop"], 0.1)
     (row,) = rounds.verdicts(found, 0.9)
-    assert row["decides"] == "CPU" and not row["ahead"]
+    assert row["against"]["rloop"]["decides"] == "CPU" and not row["ahead"]
     (row,) = rounds.verdicts(found, 0.99)
-    assert row["decides"] == "rate" and row["ahead"]
+    assert row["against"]["rloop"]["decides"] == "rate" and row["ahead"]
 
 
 def test_rounds_pool_across_files_and_skip_failed_runs():
@@ -55,5 +69,5 @@ def test_rounds_pool_across_files_and_skip_failed_runs():
     two = {"runs": [run("rloop", 1, 100, 10), {**run("glassloop", 1, 500, 1), "ok": False},
                     run("rloop", 2, 100, 10), run("glassloop", 2, 130, 10)]}
     found, _ = rounds.collect([one, two], "glassloop", ["rloop"], 0.1)
-    assert sorted(r[0] for r in found[("protocol", 1024, 10)]) == [0.9, 1.3]
+    assert sorted(r[0] for r in found[("protocol", 1024, 10)]["rloop"]) == [0.9, 1.3]
     assert rounds.cell_name(("streams", 65536, 100)) == "streams 64 KiB ×100"
