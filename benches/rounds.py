@@ -15,8 +15,9 @@ is not the bottleneck and CPU/request decides; elsewhere requests/s does.
 
 "Ahead" means ahead of every peer, each judged on its own. The ratio over the
 best peer of each round is shown too, but not used: the better of two noisy
-measurements is biased upwards, so against two peers equal to it a loop would
-read about 0.93 there on this machine's ±15% noise.
+measurements is biased upwards: a loop equal to both peers, with ±10–15% noise
+per measurement, reads 0.92–0.95 there (median of x / max(y, z), all three
+drawn alike).
 """
 
 import argparse
