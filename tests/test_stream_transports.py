@@ -1956,6 +1956,37 @@ class Keeper(Recorder):
             self.transport.write(b"k" * acks)
 
 
+async def send_acked(loop, kind, factory, messages):
+    """Sends ``messages`` from a plain peer to a transport of ``factory``'s
+    protocol, each once the protocol acked the one before (one byte back), then
+    EOF; returns the protocol after its eof_received."""
+    tr, pr, peer = await connected_to_plain_peer(loop, kind, factory)
+
+    def drive():
+        for m in messages:
+            peer.sendall(m)
+            assert peer.recv(1) == b"k"
+        peer.shutdown(socket.SHUT_WR)
+
+    try:
+        await loop.run_in_executor(None, drive)
+        await asyncio.wait_for(pr.eof, 10)
+    finally:
+        tr.close()
+        peer.close()
+    return pr
+
+
+def assert_kept_intact(pr, messages):
+    """Everything arrived in order, and each object the protocol kept (or a view
+    of one) still holds the bytes it was given, with no stale cached hash."""
+    sent = b"".join(messages)
+    assert bytes(pr.data) == sent
+    assert pr.errors == [] and pr.hash_errors == []
+    for offset, obj in pr.kept:
+        assert bytes(obj) == sent[offset:offset + len(obj)]
+
+
 @pytest.mark.parametrize("size", [1024, 65536])
 @pytest.mark.parametrize("kind", KINDS)
 def test_received_bytes_are_never_rewritten(loop, run, kind, size):
@@ -1968,32 +1999,9 @@ def test_received_bytes_are_never_rewritten(loop, run, kind, size):
     rng = random.Random(7)
     messages = [rng.randbytes(size) for _ in range(count)]
 
-    async def main():
-        tr, pr, peer = await connected_to_plain_peer(loop, kind, lambda: Keeper(loop, size))
-
-        def drive():
-            for m in messages:
-                peer.sendall(m)
-                got = b""
-                while not got:
-                    got = peer.recv(1)
-            peer.shutdown(socket.SHUT_WR)
-
-        try:
-            await loop.run_in_executor(None, drive)
-            await asyncio.wait_for(pr.eof, 10)
-        finally:
-            tr.close()
-            peer.close()
-        return pr
-
-    pr = run(main())
-    sent = b"".join(messages)
-    assert bytes(pr.data) == sent
-    assert pr.errors == [] and pr.hash_errors == []
+    pr = run(send_acked(loop, kind, lambda: Keeper(loop, size), messages))
+    assert_kept_intact(pr, messages)
     assert len(pr.kept) >= count // 2
-    for offset, obj in pr.kept:
-        assert bytes(obj) == sent[offset:offset + len(obj)]
 
 
 class MessageKeeper(Recorder):
@@ -2028,26 +2036,5 @@ def test_reads_of_changing_sizes_are_whole_and_never_rewritten(loop, run, kind):
     rng = random.Random(11)
     messages = [rng.randbytes(n) for n in sizes]
 
-    async def main():
-        tr, pr, peer = await connected_to_plain_peer(loop, kind, lambda: MessageKeeper(loop, sizes))
-
-        def drive():
-            for m in messages:
-                peer.sendall(m)
-                assert peer.recv(1) == b"k"
-            peer.shutdown(socket.SHUT_WR)
-
-        try:
-            await loop.run_in_executor(None, drive)
-            await asyncio.wait_for(pr.eof, 10)
-        finally:
-            tr.close()
-            peer.close()
-        return pr
-
-    pr = run(main())
-    sent = b"".join(messages)
-    assert bytes(pr.data) == sent
-    assert pr.errors == [] and pr.hash_errors == []
-    for offset, obj in pr.kept:
-        assert bytes(obj) == sent[offset:offset + len(obj)]
+    pr = run(send_acked(loop, kind, lambda: MessageKeeper(loop, sizes), messages))
+    assert_kept_intact(pr, messages)
