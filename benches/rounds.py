@@ -26,6 +26,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+from net_compare import cell_name
+
 #: The key of the comparison with the best peer of each round.
 BEST = "best"
 WORKLOAD_ORDER = ("protocol", "buffered", "streams", "sock", "unix", "udp", "tls", "http")
@@ -92,14 +94,6 @@ def verdicts(rounds, loadgen_bound):
     order = {w: i for i, w in enumerate(WORKLOAD_ORDER)}
     rows.sort(key=lambda r: (order.get(r["cell"][0], len(order)), r["cell"][0], r["cell"][1] or 0, r["cell"][2]))
     return rows
-
-
-def cell_name(cell):
-    workload, size, conns = cell
-    if size is None:
-        return f"{workload} ×{conns}"
-    shown = f"{size // 1024} KiB" if size % 1024 == 0 else f"{size} B"
-    return f"{workload} {shown} ×{conns}"
 
 
 def markdown(rows, dropped, me, peers):

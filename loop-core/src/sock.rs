@@ -91,10 +91,6 @@ fn errno_error(py: Python<'_>, errno: i32) -> PyErr {
     PyErr::fetch(py)
 }
 
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
-}
-
 /// Runs a syscall returning a count or -1, as the socket module does: EINTR runs
 /// the signal handlers and retries; EAGAIN is None.
 pub(crate) fn syscall(py: Python<'_>, mut call: impl FnMut() -> isize) -> PyResult<Option<usize>> {
@@ -103,7 +99,7 @@ pub(crate) fn syscall(py: Python<'_>, mut call: impl FnMut() -> isize) -> PyResu
         if n >= 0 {
             return Ok(Some(n as usize));
         }
-        match last_errno() {
+        match crate::sys::errno() {
             libc::EINTR => py.check_signals()?,
             libc::EAGAIN => return Ok(None),
             errno => return Err(errno_error(py, errno)),
@@ -271,7 +267,7 @@ impl SockOp {
                 // SAFETY: `err` and `len` are valid for getsockopt to fill.
                 let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&mut err as *mut libc::c_int).cast(), &mut len) };
                 if rc != 0 {
-                    return Attempt::Done(Err(errno_error(py, last_errno())));
+                    return Attempt::Done(Err(errno_error(py, crate::sys::errno())));
                 }
                 match err {
                     0 => Attempt::Done(Ok(py.None())),

@@ -14,6 +14,29 @@ fn ret(r: libc::c_long) -> isize {
     r as isize
 }
 
+/// The calling thread's `errno`, as the last failed call left it.
+#[inline]
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Runs `call` (one of the functions here) until it is not interrupted:
+/// `Ok(count)`, or `Err(errno)` for any error but EINTR. Callers that must run
+/// Python's signal handlers on EINTR (the socket module's rule) loop themselves.
+#[inline]
+pub fn retrying(mut call: impl FnMut() -> isize) -> Result<usize, i32> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        match errno() {
+            libc::EINTR => continue,
+            e => return Err(e),
+        }
+    }
+}
+
 /// `recv(2)`.
 ///
 /// # Safety
@@ -104,8 +127,26 @@ mod tests {
             assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
             assert_eq!(read(-1, buf.as_mut_ptr().cast(), 1), -1);
             assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EBADF));
+            assert_eq!(retrying(|| recv(fds[1], buf.as_mut_ptr().cast(), buf.len(), 0)), Err(libc::EAGAIN));
+            assert_eq!(retrying(|| send(fds[0], msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL)), Ok(5));
             libc::close(fds[0]);
             libc::close(fds[1]);
         }
+    }
+
+    #[test]
+    fn retrying_runs_the_call_again_only_on_eintr() {
+        let mut calls = 0;
+        let got = retrying(|| {
+            calls += 1;
+            if calls < 3 {
+                // SAFETY: errno is thread-local; setting it is what a failed syscall does.
+                unsafe { *libc::__errno_location() = libc::EINTR };
+                -1
+            } else {
+                7
+            }
+        });
+        assert_eq!((got, calls), (Ok(7), 3));
     }
 }

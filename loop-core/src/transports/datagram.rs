@@ -172,46 +172,28 @@ fn os_error(errno: i32) -> PyErr {
     PyOSError::new_err((errno, msg))
 }
 
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
-}
-
 /// One datagram from `fd` into `buf`, its sender into `from`; retried on EINTR.
 fn recv_datagram(fd: RawFd, buf: &mut [u8], from: &mut SockAddr) -> Result<usize, i32> {
-    loop {
+    crate::sys::retrying(|| {
         from.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         // SAFETY: `buf` and `from.storage` are valid for the lengths passed.
-        let n = unsafe {
-            crate::sys::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, (&mut from.storage as *mut libc::sockaddr_storage).cast(), &mut from.len)
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        match last_errno() {
-            libc::EINTR => continue,
-            errno => return Err(errno),
-        }
-    }
+        unsafe { crate::sys::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, (&mut from.storage as *mut libc::sockaddr_storage).cast(), &mut from.len) }
+    })
 }
 
 /// Sends one datagram (to the connected peer when `to` is None); retried on EINTR.
+/// A datagram goes whole or not at all.
 fn send_datagram(fd: RawFd, data: &[u8], to: Option<&SockAddr>) -> Result<(), i32> {
-    loop {
+    crate::sys::retrying(|| {
         // SAFETY: `data` and the address are valid for the lengths passed.
-        let n = unsafe {
+        unsafe {
             match to {
                 Some(a) => crate::sys::sendto(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL, a.as_ptr(), a.len),
                 None => crate::sys::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL),
             }
-        };
-        if n >= 0 {
-            return Ok(()); // a datagram goes whole or not at all
         }
-        match last_errno() {
-            libc::EINTR => continue,
-            errno => return Err(errno),
-        }
-    }
+    })
+    .map(drop)
 }
 
 /// Where a datagram goes.

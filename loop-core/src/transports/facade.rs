@@ -113,7 +113,6 @@ macro_rules! facade_class {
 
             pub(super) static CLASS: FacadeClass = FacadeClass::new();
 
-
             pub(super) const METHODS: &[(&str, fastcall::Method)] = &[$(
                 (stringify!($name), facade_class!(@method $name $(= $own)?)),
             )*];

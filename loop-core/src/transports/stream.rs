@@ -30,7 +30,6 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemE
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 use std::cell::RefCell;
-use std::io;
 use std::os::unix::io::RawFd;
 
 /// asyncio's default write-buffer high-water mark.
@@ -175,34 +174,14 @@ fn deliver_bytes(protocol: &Bound<'_, PyAny>, data: Bound<'_, PyBytes>) -> PyRes
 
 /// `recv(2)` into `len` bytes at `buf`, retried on EINTR; Err(errno) otherwise.
 fn recv_retrying(fd: RawFd, buf: *mut libc::c_void, len: usize) -> Result<usize, i32> {
-    loop {
-        // SAFETY: callers pass a buffer valid for `len` writable bytes.
-        let n = unsafe { crate::sys::recv(fd, buf, len, 0) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-        if errno != libc::EINTR {
-            return Err(errno);
-        }
-    }
+    // SAFETY: callers pass a buffer valid for `len` writable bytes.
+    crate::sys::retrying(|| unsafe { crate::sys::recv(fd, buf, len, 0) })
 }
 
 /// `readv(2)` into `iov`, retried on EINTR; Err(errno) otherwise.
 fn readv_retrying(fd: RawFd, iov: &[libc::iovec]) -> Result<usize, i32> {
-    // A zero-length last buffer is left out (the kernel would skip it anyway).
-    let count = iov.iter().rposition(|v| v.iov_len > 0).map_or(0, |i| i + 1);
-    loop {
-        // SAFETY: callers pass iovecs valid for their lengths.
-        let n = unsafe { crate::sys::readv(fd, iov.as_ptr(), count as libc::c_int) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-        if errno != libc::EINTR {
-            return Err(errno);
-        }
-    }
+    // SAFETY: callers pass iovecs valid for their lengths (the kernel skips empty ones).
+    crate::sys::retrying(|| unsafe { crate::sys::readv(fd, iov.as_ptr(), iov.len() as libc::c_int) })
 }
 
 /// `send(2)` until everything went or the kernel is full. Returns bytes sent.
@@ -210,17 +189,13 @@ fn send_all(fd: RawFd, mut data: &[u8]) -> Result<usize, i32> {
     let mut sent = 0;
     while !data.is_empty() {
         // SAFETY: `data` is a valid slice; MSG_NOSIGNAL so a dead peer is an error, not SIGPIPE.
-        let n = unsafe { crate::sys::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-            match errno {
-                libc::EINTR => continue,
-                libc::EAGAIN => break,
-                _ => return Err(errno),
-            }
-        }
-        sent += n as usize;
-        data = &data[n as usize..];
+        let n = match crate::sys::retrying(|| unsafe { crate::sys::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) }) {
+            Ok(n) => n,
+            Err(libc::EAGAIN) => break,
+            Err(errno) => return Err(errno),
+        };
+        sent += n;
+        data = &data[n..];
     }
     Ok(sent)
 }
@@ -246,21 +221,15 @@ fn send_vectored(fd: RawFd, parts: &[&[u8]]) -> Result<usize, i32> {
             }
         }
         // SAFETY: a zeroed msghdr is valid; iov points into live slices for the call.
-        let n = unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = iov.len() as _;
-            crate::sys::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
-        };
-        if n < 0 {
-            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-            match errno {
-                libc::EINTR => continue,
-                libc::EAGAIN => break,
-                _ => return Err(errno),
-            }
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: `msg` and the buffers it points to live across the call.
+        match crate::sys::retrying(|| unsafe { crate::sys::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) }) {
+            Ok(n) => sent += n,
+            Err(libc::EAGAIN) => break,
+            Err(errno) => return Err(errno),
         }
-        sent += n as usize;
     }
     Ok(sent)
 }
@@ -469,15 +438,13 @@ impl StreamTransport {
                 // expects this size.
                 Ok(n) if n >= LARGE_READ => crate::spare_bytes::resize(data, n).map(Some),
                 // Small: a small copy, and the large object stays for the next large read.
-                Ok(n) if n > 0 => {
-                    let small = crate::spare_bytes::uninit(py, n).map(|small| {
-                        // SAFETY: `small` has `n` writable bytes, only ours; `data` holds the `n` read.
-                        unsafe { std::ptr::copy_nonoverlapping(data.as_bytes().as_ptr(), crate::spare_bytes::data_ptr(&small).cast::<u8>(), n) };
-                        Some(small)
-                    });
-                    DATA_SPARE.with(|spare| spare.keep(data));
+                Ok(n) if n > 0 => DATA_SPARE.with(|spare| {
+                    // SAFETY: readv wrote the first `n` bytes of `data` (n < head).
+                    let read = unsafe { std::slice::from_raw_parts(crate::spare_bytes::data_ptr(&data).cast::<u8>(), n) };
+                    let small = spare.copy_of(py, read).map(Some);
+                    spare.keep(data);
                     small
-                }
+                }),
                 _ => {
                     DATA_SPARE.with(|spare| spare.keep(data));
                     Ok(None)
@@ -988,7 +955,7 @@ impl StreamTransport {
         });
         // SAFETY: plain syscall on our fd.
         if shutdown_now && unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } != 0 {
-            return Err(os_error_from_errno(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)));
+            return Err(os_error_from_errno(crate::sys::errno()));
         }
         Ok(())
     }
