@@ -413,7 +413,7 @@ def table_markdown(table, cells, labels, args):
     lines += [
         "",
         f"Each cell: {args.reps} run(s) of {args.duration:g} s after {args.warmup:g} s of warm-up, "
-        "a fresh server each, loops interleaved; medians shown. "
+        "a fresh server each, loops interleaved (each round starts one loop later); medians shown. "
         f"Server pinned to CPU {args.server_cpu}, load generator to CPU {args.loadgen_cpu}. "
         "× best peer: req/s over the better of uvloop/rloop (≈: min–max ranges overlap, not "
         "distinguishable from noise). p99 × best: lower is better, against the same peer. "
@@ -537,15 +537,19 @@ def main(argv=None):
         for cell in cells:
             workload, size, conns = cell
             for rep in range(1, args.reps + 1):
-                for label, spec in contenders:
+                # Each round starts one loop later, so every loop runs in every
+                # position (first after the previous cell, last before the next)
+                # equally often, and no loop always follows the same one.
+                turn = (rep - 1) % len(contenders)
+                for position, (label, spec) in enumerate(contenders[turn:] + contenders[:turn]):
                     for attempt in range(args.retries + 1):
                         record = measure(args, loadgen, ceiling, label, spec, workload, size, conns, tmpdir)
                         if not disturbed(record, args) or attempt == args.retries:
                             break
                         print(f"    {disturbed(record, args)}: measuring again", file=sys.stderr, flush=True)
                         wait_quiet(args.max_other, 10)
-                    record.update(rep=rep, loop=spec.text if spec else CEILING, size_asked=size,
-                                  redone=attempt)
+                    record.update(rep=rep, position=position, loop=spec.text if spec else CEILING,
+                                  size_asked=size, redone=attempt)
                     runs.append(record)
                     if record.get("ok"):
                         shown = (f"{record['rps']:>9,.0f} req/s  p99 {fmt(record['p99']):>6} µs  "
