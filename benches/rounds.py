@@ -13,7 +13,10 @@ CPUs), which takes CPU from the server at random and says nothing of the loop.
 Where the load generator used at least ``--loadgen-bound`` of its core, the server
 is not the bottleneck and CPU/request decides; elsewhere requests/s does.
 
-"Ahead" means ahead of every peer, each judged on its own. The ratio over the
+"Ahead" means ahead of every peer, each judged on its own. Each deciding median
+comes with a 95% interval (bootstrap: the median of rounds drawn again with
+replacement, 2,000 times, fixed seed); where that interval holds 1, the cell's
+verdict says so ("within noise of rloop"): more rounds could turn it. The ratio over the
 best peer of each round is shown too, but not used: the better of two noisy
 measurements is biased upwards: a loop equal to both peers, with ±10–15% noise
 per measurement, reads 0.92–0.95 there (median of x / max(y, z), all three
@@ -22,6 +25,7 @@ drawn alike).
 
 import argparse
 import json
+import random
 import statistics
 import sys
 from collections import defaultdict
@@ -71,37 +75,61 @@ def collect(docs, me, peers, max_other):
     return rounds, dropped
 
 
+def median_interval(values, level=0.95, resamples=2000, seed=0):
+    """A bootstrap interval of the median: the rounds drawn again with replacement,
+    `resamples` times, and the middle `level` of the medians found. A fixed seed
+    makes a table reproducible from its files."""
+    draw = random.Random(seed)
+    n = len(values)
+    medians = sorted(statistics.median(draw.choices(values, k=n)) for _ in range(resamples))
+    cut = int(resamples * (1 - level) / 2)
+    return medians[cut], medians[resamples - 1 - cut]
+
+
 def summary(values, loadgen_bound):
-    """Medians and ranges of one comparison, what decides it, and whether it is won."""
+    """Medians and ranges of one comparison, what decides it, whether it is won,
+    and whether the deciding median's interval leaves out 1 (`beyond_noise`)."""
     rate, cpu = [v[0] for v in values], [v[1] for v in values]
     loadgen = statistics.median(v[2] for v in values)
     by_cpu = loadgen >= loadgen_bound
     decisive = statistics.median(cpu) if by_cpu else statistics.median(rate)
+    low, high = median_interval(cpu if by_cpu else rate)
     return {"rounds": len(values), "loadgen": loadgen,
             "rate": statistics.median(rate), "rate_range": (min(rate), max(rate)),
             "cpu": statistics.median(cpu), "cpu_range": (min(cpu), max(cpu)),
-            "decides": "CPU" if by_cpu else "rate", "ahead": decisive < 1 if by_cpu else decisive > 1}
+            "decides": "CPU" if by_cpu else "rate", "ahead": decisive < 1 if by_cpu else decisive > 1,
+            "interval": (low, high), "beyond_noise": not low <= 1 <= high}
 
 
 def verdicts(rounds, loadgen_bound):
     """One row per cell: the summary against each peer and against the best of
-    each round; ahead if ahead of every peer."""
+    each round; ahead if ahead of every peer, and which peers the verdict is
+    within noise of."""
     rows = []
     for cell, by_peer in rounds.items():
         against = {peer: summary(values, loadgen_bound) for peer, values in by_peer.items()}
         peers = [p for p in against if p != BEST]
-        rows.append({"cell": cell, "against": against, "ahead": all(against[p]["ahead"] for p in peers)})
+        ahead = all(against[p]["ahead"] for p in peers)
+        # Behind: the peers it is behind decide; ahead: every peer does.
+        deciding = peers if ahead else [p for p in peers if not against[p]["ahead"]]
+        rows.append({"cell": cell, "against": against, "ahead": ahead,
+                     "noise": [p for p in deciding if not against[p]["beyond_noise"]]})
     order = {w: i for i, w in enumerate(WORKLOAD_ORDER)}
     rows.sort(key=lambda r: (order.get(r["cell"][0], len(order)), r["cell"][0], r["cell"][1] or 0, r["cell"][2]))
     return rows
 
 
 def markdown(rows, dropped, me, peers):
-    """The verdict table: per peer, the deciding ratio's median (and range)."""
-    def decisive(c):
-        if c["decides"] == "CPU":
-            return f"CPU {c['cpu']:.2f} ({c['cpu_range'][0]:.2f}–{c['cpu_range'][1]:.2f})"
-        return f"rate {c['rate']:.2f} ({c['rate_range'][0]:.2f}–{c['rate_range'][1]:.2f})"
+    """The verdict table: per peer, the deciding ratio's median, its range over
+    the rounds, and its 95% interval."""
+    def decisive(c, interval=True):
+        key = "cpu" if c["decides"] == "CPU" else "rate"
+        text = f"{c['decides']} {c[key]:.2f} ({c[key + '_range'][0]:.2f}–{c[key + '_range'][1]:.2f})"
+        return text + (f" [{c['interval'][0]:.2f}, {c['interval'][1]:.2f}]" if interval else "")
+
+    def verdict(r):
+        text = "ahead" if r["ahead"] else "behind"
+        return text + (f", within noise of {' and '.join(r['noise'])}" if r["noise"] else "")
     head = " | ".join(f"{me} × {p}" for p in peers)
     lines = [f"| cell | rounds (left out) | loadgen CPU | {head} | × best peer of the round | verdict |",
              "|---|---:|---:|" + "---|" * len(peers) + "---|---|"]
@@ -109,8 +137,8 @@ def markdown(rows, dropped, me, peers):
         best = r["against"][BEST]
         cells = " | ".join(decisive(r["against"][p]) if p in r["against"] else "–" for p in peers)
         lines.append(f"| {cell_name(r['cell'])} | {best['rounds']} ({dropped.get(r['cell'], 0)}) "
-                     f"| {100 * best['loadgen']:.0f}% | {cells} | {decisive(best)} "
-                     f"| {'ahead' if r['ahead'] else 'behind'} |")
+                     f"| {100 * best['loadgen']:.0f}% | {cells} | {decisive(best, False)} "
+                     f"| {verdict(r)} |")
     return "\n".join(lines)
 
 
@@ -127,7 +155,10 @@ def main(argv=None):
     rows = verdicts(rounds, args.loadgen_bound)
     print(markdown(rows, dropped, args.me, args.peers.split(",")))
     ahead = sum(r["ahead"] for r in rows)
-    print(f"\n{args.me}: ahead of each of {args.peers} in {ahead} of {len(rows)} cells")
+    clear = sum(r["ahead"] and not r["noise"] for r in rows)
+    behind = sum(not r["ahead"] and not r["noise"] for r in rows)
+    print(f"\n{args.me}: ahead of each of {args.peers} in {ahead} of {len(rows)} cells "
+          f"({clear} beyond noise); behind beyond noise in {behind}")
     return 0
 
 

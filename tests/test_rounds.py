@@ -1,7 +1,9 @@
-"""benches/rounds.py: per-round ratios against the best peer, rounds disturbed by
-other processes left out, and which figure decides a cell."""
+"""benches/rounds.py: per-round ratios against each peer, rounds disturbed by
+other processes left out, which figure decides a cell, and whether its verdict
+stands out of the noise."""
 
 import os
+import statistics
 import sys
 
 BENCHES = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benches")
@@ -39,8 +41,9 @@ def test_behind_one_peer_is_behind():
     assert row["against"]["uvloop"]["ahead"] and not row["against"]["rloop"]["ahead"]
     assert not row["ahead"]
     table = rounds.markdown([row], {}, "glassloop", ["uvloop", "rloop"])
-    assert "| protocol 1 KiB ×10 | 3 (0) | 60% | rate 1.20 (1.20–1.20) | rate 0.92 (0.92–0.92) |" in table
-    assert table.endswith("| behind |")
+    assert ("| protocol 1 KiB ×10 | 3 (0) | 60% | rate 1.20 (1.20–1.20) [1.20, 1.20] "
+            "| rate 0.92 (0.92–0.92) [0.92, 0.92] | rate 0.92 (0.92–0.92) |") in table
+    assert table.endswith("| behind |")  # every round says so: beyond noise
 
 
 def test_disturbed_rounds_are_left_out_and_counted():
@@ -71,3 +74,23 @@ def test_rounds_pool_across_files_and_skip_failed_runs():
     found, _ = rounds.collect([one, two], "glassloop", ["rloop"], 0.1)
     assert sorted(r[0] for r in found[("protocol", 1024, 10)]["rloop"]) == [0.9, 1.3]
     assert rounds.cell_name(("streams", 65536, 100)) == "streams 64 KiB ×100"
+
+
+def test_the_median_interval_holds_the_median_and_narrows_with_rounds():
+    values = [0.8, 0.9, 1.0, 1.1, 1.2, 0.95, 1.05]
+    low, high = rounds.median_interval(values)
+    assert low <= statistics.median(values) <= high and low >= min(values) and high <= max(values)
+    assert rounds.median_interval(values) == (low, high)  # fixed seed: the same table from the same files
+    low4, high4 = rounds.median_interval(values * 4)
+    assert high4 - low4 < high - low
+
+
+def test_a_verdict_the_rounds_do_not_settle_is_within_noise():
+    # Ahead of uvloop in every round; ahead of rloop by the median, but rounds on both sides.
+    rates = [(100, 90), (100, 115), (100, 104), (100, 96), (100, 108)]
+    doc = {"runs": [r for rep, (uv, rl) in enumerate(rates, 1)
+                    for r in (run("uvloop", rep, 80, 10), run("rloop", rep, rl, 10), run("glassloop", rep, uv, 10))]}
+    (row,) = rounds.verdicts(rounds.collect([doc], "glassloop", ["uvloop", "rloop"], 0.1)[0], 0.9)
+    assert row["ahead"] is False  # 100/104 is the median against rloop
+    assert row["noise"] == ["rloop"] and row["against"]["uvloop"]["beyond_noise"]
+    assert rounds.markdown([row], {}, "glassloop", ["uvloop", "rloop"]).endswith("| behind, within noise of rloop |")
