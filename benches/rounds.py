@@ -90,14 +90,14 @@ def summary(values, loadgen_bound):
     """Medians and ranges of one comparison, what decides it, whether it is won,
     and whether the deciding median's interval leaves out 1 (`beyond_noise`)."""
     rate, cpu = [v[0] for v in values], [v[1] for v in values]
+    rate_median, cpu_median = statistics.median(rate), statistics.median(cpu)
     loadgen = statistics.median(v[2] for v in values)
     by_cpu = loadgen >= loadgen_bound
-    decisive = statistics.median(cpu) if by_cpu else statistics.median(rate)
     low, high = median_interval(cpu if by_cpu else rate)
     return {"rounds": len(values), "loadgen": loadgen,
-            "rate": statistics.median(rate), "rate_range": (min(rate), max(rate)),
-            "cpu": statistics.median(cpu), "cpu_range": (min(cpu), max(cpu)),
-            "decides": "CPU" if by_cpu else "rate", "ahead": decisive < 1 if by_cpu else decisive > 1,
+            "rate": rate_median, "rate_range": (min(rate), max(rate)),
+            "cpu": cpu_median, "cpu_range": (min(cpu), max(cpu)),
+            "decides": "CPU" if by_cpu else "rate", "ahead": cpu_median < 1 if by_cpu else rate_median > 1,
             "interval": (low, high), "beyond_noise": not low <= 1 <= high}
 
 

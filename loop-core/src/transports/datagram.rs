@@ -17,7 +17,7 @@
 //! it does when asyncio runs the transport's reader from a loop handle.
 
 use super::stream::{is_fatal_signal, RawBuffer, StreamTransport, DEFAULT_HIGH_WATER, LOG_THRESHOLD_FOR_CONNLOST_WRITES, READ_BUFFER};
-use super::{IoSite, TransportStats};
+use super::{os_error, IoSite, TransportStats};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::with_context;
@@ -157,19 +157,6 @@ fn inet6_text(addr: &libc::in6_addr) -> String {
     } else {
         Ipv6Addr::from(addr.s6_addr).to_string()
     }
-}
-
-/// `OSError(errno, strerror)`, as the socket module raises it (and so the subclass for the errno).
-fn os_error(errno: i32) -> PyErr {
-    let mut buf = [0 as libc::c_char; 256];
-    // SAFETY: `buf` is writable for its length; the XSI strerror_r NUL-terminates on success.
-    let msg = if unsafe { libc::strerror_r(errno, buf.as_mut_ptr(), buf.len()) } == 0 {
-        // SAFETY: NUL-terminated by strerror_r.
-        unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
-    } else {
-        format!("Unknown error {errno}")
-    };
-    PyOSError::new_err((errno, msg))
 }
 
 /// One datagram from `fd` into `buf`, its sender into `from`; retried on EINTR.

@@ -44,6 +44,20 @@ impl IoSite {
     }
 }
 
+/// `OSError(errno, strerror)`, as the socket module and asyncio's transports raise
+/// it: Python turns it into the errno's subclass (ConnectionResetError, ...).
+pub(crate) fn os_error(errno: i32) -> PyErr {
+    let mut buf = [0 as libc::c_char; 256];
+    // SAFETY: `buf` is writable for its length; the XSI strerror_r NUL-terminates on success.
+    let message = if unsafe { libc::strerror_r(errno, buf.as_mut_ptr(), buf.len()) } == 0 {
+        // SAFETY: NUL-terminated by strerror_r.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    } else {
+        format!("Unknown error {errno}")
+    };
+    pyo3::exceptions::PyOSError::new_err((errno, message))
+}
+
 /// A Rust transport the reactor owns an fd for.
 pub enum Transport {
     Stream(Py<StreamTransport>),

@@ -18,7 +18,7 @@
 //! over this transport: ciphertext is received straight into its buffer.
 
 use super::write_buffer::WriteBuffer;
-use super::{IoSite, TransportStats};
+use super::{os_error, IoSite, TransportStats};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::with_context;
@@ -145,19 +145,6 @@ pub struct StreamTransport {
     context: Py<PyAny>,
     extra: Py<PyDict>,
     inner: GilCell<Inner>,
-}
-
-/// `OSError(errno, strerror)`, which Python turns into the matching subclass
-/// (ConnectionResetError, ...) with the message asyncio's transports give.
-fn os_error_from_errno(errno: i32) -> PyErr {
-    let mut buf = [0 as libc::c_char; 256];
-    // SAFETY: strerror_r (XSI) writes a NUL-terminated message into `buf`, within its length.
-    let message = if unsafe { libc::strerror_r(errno, buf.as_mut_ptr(), buf.len()) } == 0 {
-        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
-    } else {
-        format!("Unknown error {errno}")
-    };
-    PyOSError::new_err((errno, message))
 }
 
 pub(super) fn is_fatal_signal(py: Python<'_>, err: &PyErr) -> bool {
@@ -518,7 +505,7 @@ impl StreamTransport {
             Ok(n) => n,
             Err(libc::EAGAIN) => return Ok(ReadOutcome::Drained),
             Err(errno) => {
-                Self::fatal_error(slf, os_error_from_errno(errno), "Fatal read error on socket transport")?;
+                Self::fatal_error(slf, os_error(errno), "Fatal read error on socket transport")?;
                 return Ok(ReadOutcome::Closed);
             }
         };
@@ -598,7 +585,7 @@ impl StreamTransport {
         match sent {
             None => Ok(()),
             Some(Err(errno)) => {
-                let err = os_error_from_errno(errno);
+                let err = os_error(errno);
                 if let Some(w) = this.inner.with(py, |i| i.empty_waiter.as_ref().map(|w| w.clone_ref(py))) {
                     resolve(w.bind(py), Some(err.value(py).clone().into_any()))?;
                 }
@@ -793,7 +780,7 @@ impl StreamTransport {
             Ok(())
         });
         match result {
-            Err(errno) => Self::fatal_error(slf, os_error_from_errno(errno), "Fatal write error on socket transport"),
+            Err(errno) => Self::fatal_error(slf, os_error(errno), "Fatal write error on socket transport"),
             Ok(()) => Self::maybe_pause_protocol(slf),
         }
     }
@@ -955,7 +942,7 @@ impl StreamTransport {
         });
         // SAFETY: plain syscall on our fd.
         if shutdown_now && unsafe { libc::shutdown(this.fd, libc::SHUT_WR) } != 0 {
-            return Err(os_error_from_errno(crate::sys::errno()));
+            return Err(os_error(crate::sys::errno()));
         }
         Ok(())
     }
